@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -38,6 +39,11 @@ type Config struct {
 
 	KnativeNamespace string // KNATIVE_NAMESPACE
 	EncryptionKey    string // ENCRYPTION_KEY (else a key file in DataDir)
+
+	// Settings of one part each, declared in their own files.
+	Local   LocalConfig   // local.go
+	Knative KnativeConfig // knative.go
+	Gateway GatewayConfig // gateway.go
 }
 
 // MasterKeyFile is the file in the data dir that holds a generated master
@@ -52,8 +58,10 @@ type Setting struct {
 	set     func(c *Config, v string) error
 }
 
-// settings is the table of every setting lapd reads.
-var settings = []Setting{
+// settings is the table of every setting lapd reads, in --help order.
+var settings = slices.Concat(coreSettings, localSettings, gatewaySettings, knativeSettings)
+
+var coreSettings = []Setting{
 	{"LAP_LISTEN", ":3000", "address the API listens on (host:port)", func(c *Config, v string) error {
 		return parseAddr(&c.Listen, v)
 	}},

@@ -1,0 +1,6 @@
+package config
+
+// GatewayConfig holds the settings of the LLM gateway (control/gateway).
+type GatewayConfig struct{}
+
+var gatewaySettings = []Setting{}
