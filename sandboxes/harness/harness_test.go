@@ -465,4 +465,3 @@ func TestToolEnvironmentHasNoSecrets(t *testing.T) {
 	assert.NotContains(t, out, "ghp_secret")
 	assert.Contains(t, out, "AGENT_SECRET=kept", "the agent's own variables stay")
 }
-

@@ -220,7 +220,9 @@ func (ev *events) waitFor(t *testing.T, match func(protocol.Event) bool) []proto
 
 // idle matches session.idle of session id.
 func idle(id string) func(protocol.Event) bool {
-	return func(x protocol.Event) bool { return x.Type == protocol.EventSessionIdle && x.Properties.SessionID == id }
+	return func(x protocol.Event) bool {
+		return x.Type == protocol.EventSessionIdle && x.Properties.SessionID == id
+	}
 }
 
 // waitFor polls cond until it holds or the deadline passes.
