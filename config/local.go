@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -24,6 +25,10 @@ type LocalConfig struct {
 	SandboxUser string // LOCAL_SANDBOX_USER
 	// UIDFirst and UIDLast bound the user ids "auto" hands out.
 	UIDFirst, UIDLast int // LOCAL_SANDBOX_UIDS
+	// UIDRegistry is the machine-wide directory where "auto" records
+	// which user id belongs to which workspace, so that several lapds
+	// (or test runs) on one machine never share one.
+	UIDRegistry string // LOCAL_SANDBOX_UID_REGISTRY
 	// MaxOpenFiles is RLIMIT_NOFILE of every harness.
 	MaxOpenFiles int // LOCAL_MAX_OPEN_FILES
 	// MaxProcesses is RLIMIT_NPROC (processes and threads) of a sandbox's
@@ -52,6 +57,9 @@ var localSettings = []Setting{
 	}},
 	{"LOCAL_SANDBOX_UIDS", "1000000-1099999", "local sandboxes: range of user ids LOCAL_SANDBOX_USER=auto hands out", func(c *Config, v string) error {
 		return parseUIDRange(&c.Local.UIDFirst, &c.Local.UIDLast, v)
+	}},
+	{"LOCAL_SANDBOX_UID_REGISTRY", "/var/lib/lap/sandbox-uids", "local sandboxes: machine-wide directory recording which user id LOCAL_SANDBOX_USER=auto gave to which workspace", func(c *Config, v string) error {
+		return parseAbsPath(&c.Local.UIDRegistry, v)
 	}},
 	{"LOCAL_MAX_OPEN_FILES", "4096", "local sandboxes: open-file limit (RLIMIT_NOFILE) of every harness", func(c *Config, v string) error {
 		return parseInt(&c.Local.MaxOpenFiles, v, 64, 1<<20)
@@ -99,6 +107,15 @@ func parseUIDRange(first, last *int, v string) error {
 		return bad
 	}
 	*first, *last = int(lo), int(hi)
+	return nil
+}
+
+// parseAbsPath accepts an absolute file path.
+func parseAbsPath(dst *string, v string) error {
+	if !filepath.IsAbs(v) {
+		return want("an absolute path")
+	}
+	*dst = filepath.Clean(v)
 	return nil
 }
 
