@@ -699,7 +699,9 @@ func (b *Backend) waitReady(ctx context.Context, p *process, rec record) error {
 		case <-p.exited:
 		case <-time.After(delay):
 		}
-		delay = min(delay*2, 100*time.Millisecond)
+		// Polls are cheap (a refused loopback connection), so keep
+		// them frequent: the delay is added to every cold start.
+		delay = min(delay*3/2, 20*time.Millisecond)
 	}
 }
 
