@@ -137,6 +137,13 @@ func (s *Server) clone(ctx context.Context, dest string) error {
 		if msg == "" {
 			msg = err.Error()
 		}
+		if strings.Contains(msg, "could not read Username") {
+			if s.cfg.GitToken != "" {
+				msg += " (the git server did not accept GIT_TOKEN)"
+			} else {
+				msg += " (the repository needs credentials: set GIT_TOKEN)"
+			}
+		}
 		return fmt.Errorf("git clone %s: %s", what, msg)
 	}
 	return nil
