@@ -181,3 +181,24 @@ func TestFailedClone(t *testing.T) {
 	assert.Equal(t, 503, status, "no turn without a workspace")
 	assert.NoDirExists(t, e.repo())
 }
+
+func TestRepoDirIsUsedInPlace(t *testing.T) {
+	t.Parallel()
+	checkout := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(checkout, "main.go"), []byte("package main\n"), 0o644))
+	e := start(t, func(c *harness.Config) { c.RepoDir, c.RepoURL = checkout, "file:///not/cloned" })
+	var id protocol.Identity
+	require.Equal(t, 200, e.do("GET", "/", nil, &id))
+	assert.True(t, id.Ready)
+	assert.Equal(t, checkout, id.Workspace)
+	assert.NoDirExists(t, e.repo(), "nothing is cloned")
+
+	e.llm.Enqueue(fakellm.CallTool("read_file", map[string]any{"path": "main.go"}), fakellm.Text("read"))
+	msg := e.send(e.newSession(protocol.CreateSessionRequest{}), "read main.go")
+	assert.Equal(t, "package main\n", toolParts(msg)[0].State.Output)
+
+	missing := start(t, func(c *harness.Config) { c.RepoDir = filepath.Join(checkout, "nope") })
+	require.Equal(t, 200, missing.do("GET", "/", nil, &id))
+	assert.False(t, id.Ready)
+	assert.Contains(t, id.Error, "no such file or directory")
+}

@@ -77,6 +77,16 @@ func (s *Server) Prepare(ctx context.Context) error {
 }
 
 func (s *Server) prepare(ctx context.Context) error {
+	if s.cfg.RepoDir != "" {
+		info, err := os.Stat(s.repo)
+		if err != nil {
+			return fmt.Errorf("repo directory: %w", err)
+		}
+		if !info.IsDir() {
+			return fmt.Errorf("repo directory %s is not a directory", s.repo)
+		}
+		return nil
+	}
 	if _, err := os.Stat(s.repo); err == nil {
 		// A restart on a kept workspace: the clone was finished (it is
 		// renamed into place only when complete), keep the agent's work.
