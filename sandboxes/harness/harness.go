@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -202,6 +203,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.LLMBaseURL == "" {
 		return nil, errors.New("LLM base URL is required (LITELLM_API_BASE)")
 	}
+	if u, err := url.Parse(cfg.LLMBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("LLM base URL %q (LITELLM_API_BASE) is not an http(s) URL", cfg.LLMBaseURL)
+	}
 	ws, err := filepath.Abs(cfg.Workspace)
 	if err != nil {
 		return nil, fmt.Errorf("resolve workspace %s: %w", cfg.Workspace, err)
@@ -226,11 +230,7 @@ func New(cfg Config) (*Server, error) {
 	if err := os.MkdirAll(s.sessDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
-	llm, err := newLLMClient(cfg)
-	if err != nil {
-		return nil, err
-	}
-	s.llm = llm
+	s.llm = newLLMClient(cfg)
 	s.tools = newToolbox(s.repo, toolEnv(cfg.Env), cfg)
 	if err := s.loadSessions(); err != nil {
 		return nil, err
