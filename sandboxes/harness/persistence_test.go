@@ -166,7 +166,10 @@ func TestEmptyWorkspaceWithoutRepo(t *testing.T) {
 func TestFailedClone(t *testing.T) {
 	t.Parallel()
 	repo := gitRepo(t, "x")
-	e := start(t, func(c *harness.Config) { c.RepoURL, c.Branch = repo, "no-such-branch" })
+	ws := t.TempDir()
+	stale := filepath.Join(ws, harness.StateDir, "clone-123", "repo")
+	require.NoError(t, os.MkdirAll(stale, 0o755)) // left by a crash mid-clone
+	e := start(t, func(c *harness.Config) { c.RepoURL, c.Branch, c.Workspace = repo, "no-such-branch", ws })
 	var id protocol.Identity
 	require.Equal(t, 200, e.do("GET", "/", nil, &id))
 	assert.False(t, id.Ready)
@@ -180,6 +183,7 @@ func TestFailedClone(t *testing.T) {
 	status, _ = e.raw("POST", "/session/"+sid+"/message", protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "x"}}}, "Bearer "+testToken)
 	assert.Equal(t, 503, status, "no turn without a workspace")
 	assert.NoDirExists(t, e.repo())
+	assert.NoDirExists(t, filepath.Dir(stale))
 }
 
 func TestRepoDirIsUsedInPlace(t *testing.T) {

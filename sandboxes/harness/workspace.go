@@ -99,7 +99,12 @@ func (s *Server) prepare(ctx context.Context) error {
 		return nil
 	}
 	// Clone beside the final place and rename, so a crash mid-clone never
-	// leaves a half repo that a restart would take as finished.
+	// leaves a half repo that a restart would take as finished; remove what
+	// such a crash left.
+	stale, _ := filepath.Glob(filepath.Join(s.cfg.Workspace, StateDir, "clone-*"))
+	for _, dir := range stale {
+		_ = os.RemoveAll(dir)
+	}
 	tmp, err := os.MkdirTemp(filepath.Join(s.cfg.Workspace, StateDir), "clone-")
 	if err != nil {
 		return fmt.Errorf("create clone directory: %w", err)
