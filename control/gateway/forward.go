@@ -40,7 +40,7 @@ func (g *Gateway) handleCompletion(d *dialect) fiber.Handler {
 			return g.fail(c, d, aerr)
 		}
 		body := c.Body()
-		if !gjson.ValidBytes(body) || !gjson.ParseBytes(body).IsObject() {
+		if !isJSONObject(body) {
 			g.metrics.request(who.agentID, "", http.StatusBadRequest)
 			return g.fail(c, d, errBadRequest("invalid_json", "the request body is not a JSON object"))
 		}
@@ -199,6 +199,12 @@ func (g *Gateway) modelLabel(model string) string {
 		return model
 	}
 	return "other"
+}
+
+// isJSONObject reports whether body is one valid JSON object.
+func isJSONObject(body []byte) bool {
+	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	return len(trimmed) > 0 && trimmed[0] == '{' && gjson.ValidBytes(body)
 }
 
 // withStreamUsage sets stream_options.include_usage in a JSON request.
