@@ -14,6 +14,8 @@
 //	POST /v1/messages                Anthropic messages, streamed or not
 //	POST /v1/messages/count_tokens   Anthropic token counting (not billed)
 //	GET  /v1/models                  upstream models plus the mock models
+//
+// /chat/completions and /models answer without the /v1 too.
 package gateway
 
 import (
@@ -201,6 +203,10 @@ func (g *Gateway) Register(r fiber.Router) {
 	r.Post("/v1/messages", g.handleCompletion(anthropicMessages))
 	r.Post("/v1/messages/count_tokens", g.handleCompletion(anthropicCountTokens))
 	r.Get("/v1/models", g.handleModels)
+	// Without /v1 too, as LiteLLM's proxy serves them, for OpenAI clients
+	// given the gateway's URL itself as their base URL.
+	r.Post("/chat/completions", g.handleCompletion(openAI))
+	r.Get("/models", g.handleModels)
 }
 
 // caller is an authenticated sandbox.

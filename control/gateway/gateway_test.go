@@ -211,6 +211,16 @@ func TestForwardWholeAnswers(t *testing.T) {
 	}
 }
 
+func TestRoutesWithoutV1(t *testing.T) {
+	t.Parallel()
+	up := newFakeUpstream(t, jsonAnswer(200, openAIAnswer))
+	e := newEnv(t, up.URL)
+	resp := e.post(t, "/chat/completions", `{"model":"gpt-4o","messages":[]}`, "Authorization", "Bearer "+e.token)
+	assert.Equal(t, openAIAnswer, readAll(t, resp))
+	require.Len(t, up.Requests(), 1)
+	assert.Equal(t, "/v1/chat/completions", up.Requests()[0].Path)
+}
+
 func TestCountTokensIsForwardedNotBilled(t *testing.T) {
 	t.Parallel()
 	up := newFakeUpstream(t, jsonAnswer(200, `{"input_tokens":42}`))
