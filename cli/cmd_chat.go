@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"time"
 
 	"lap.dev/lap/control/api"
@@ -203,17 +204,40 @@ func (ch *chat) end(err error) error {
 		}
 		return err
 	}
-	fmt.Fprintf(ch.status, "session %s kept; resume it with: lap resume %s\n", id, id)
+	fmt.Fprintf(ch.status, "session %s kept; resume it with: lap resume %s\n", id, ch.resumeID())
 	return err
 }
 
+// resumeID is the shortest prefix (8 hex digits at least) that names the
+// session alone. UUIDv7s begin with their creation time, so sessions made
+// within the same minute share their first 8 digits.
+func (ch *chat) resumeID() string {
+	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+	defer cancel()
+	id := strings.ReplaceAll(ch.session.ID, "-", "")
+	all, err := ch.cl.ListSessions(ctx, "", "")
+	if err != nil {
+		return shortID(id)
+	}
+	n := 8
+	for _, s := range all {
+		other := strings.ReplaceAll(s.ID, "-", "")
+		if other == id {
+			continue
+		}
+		for n < len(id) && strings.HasPrefix(other, id[:n]) {
+			n++
+		}
+	}
+	return id[:min(n, len(id))]
+}
+
 // waitReady prints "waiting for sandbox." and the session's phases as they
-// change until it is ready. The phases come from the event stream; a long
-// poll runs beside it so a stream that says nothing cannot stall the wait.
+// change until it is ready.
 func (ch *chat) waitReady(ctx context.Context) (api.Session, error) {
 	s := ch.session
 	tty := ch.st.color || isTerminal(ch.status)
-	ph := &phasePrinter{w: ch.status, tty: tty, st: ch.st}
+	ph := &phasePrinter{w: ch.status, tty: tty, st: ch.st, seen: map[string]bool{}}
 	ph.start()
 	if s.Status == api.SessionCreating {
 		var err error
@@ -236,77 +260,93 @@ func (ch *chat) waitReady(ctx context.Context) (api.Session, error) {
 	return s, withCode(ExitFailed, fmt.Errorf("session %s is %s", shortID(s.ID), s.Status))
 }
 
+// recheckEvery is how long the event stream may stay silent before the
+// CLI asks for the session directly, in case a change was missed.
+const recheckEvery = 30 * time.Second
+
 // maxWaitPolls bounds the long polls of one wait (60 s each); the server
 // fails a session that takes longer than SESSION_CREATING_TIMEOUT anyway.
 const maxWaitPolls = 60
 
+// watch follows the session's event stream until it leaves "creating". It
+// subscribes first and then reads the session, so no change falls between
+// the two; a server without the stream is long-polled instead.
 func (ch *chat) watch(ctx context.Context, s api.Session, ph *phasePrinter) (api.Session, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	type update struct {
-		s    api.Session
-		err  error
-		poll bool
-	}
-	updates := make(chan update)
-	send := func(u update) bool {
-		select {
-		case updates <- u:
-			return true
-		case <-ctx.Done():
-			return false
+	stream, err := ch.cl.Events(ctx, s.ID)
+	if err != nil {
+		if ctx.Err() != nil || isStatus(err, 401) {
+			return s, err
 		}
+		return ch.poll(ctx, s, ph)
 	}
+	defer stream.Close()
+	if s, err = ch.cl.GetSession(ctx, s.ID); err != nil {
+		return s, err
+	}
+	ph.phase(s.Phase)
+	if s.Status != api.SessionCreating {
+		return s, nil
+	}
+	updates := make(chan api.Session)
+	streamErr := make(chan error, 1)
 	go func() {
-		stream, err := ch.cl.Events(ctx, s.ID)
-		if err != nil {
-			return // phases are a nicety; the long poll decides
-		}
-		defer stream.Close()
 		for {
 			ev, err := stream.Next()
 			if err != nil {
+				streamErr <- err
 				return
-			}
-			if ev.Name != api.EventSession {
-				continue
 			}
 			var es api.Session
-			if json.Unmarshal(ev.Data, &es) == nil && (es.ID == "" || es.ID == s.ID) {
-				if !send(update{s: es}) {
-					return
-				}
+			if ev.Name != api.EventSession || json.Unmarshal(ev.Data, &es) != nil || (es.ID != "" && es.ID != s.ID) || es.Status == "" {
+				continue
 			}
-		}
-	}()
-	go func() {
-		for range maxWaitPolls {
-			cur, err := ch.cl.WaitSession(ctx, s.ID, 60*time.Second)
-			if !send(update{s: cur, err: err, poll: true}) || err != nil || cur.Status != api.SessionCreating {
+			select {
+			case updates <- es:
+			case <-ctx.Done():
 				return
 			}
 		}
-		send(update{err: fmt.Errorf("session %s: still not ready after %d minutes", shortID(s.ID), maxWaitPolls), poll: true})
 	}()
-	ph.phase(s.Phase)
+	recheck := time.NewTicker(recheckEvery)
+	defer recheck.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return s, context.Cause(ctx)
-		case u := <-updates:
-			if u.err != nil {
-				return s, u.err
+		case <-streamErr:
+			return ch.poll(ctx, s, ph)
+		case s = <-updates:
+		case <-recheck.C:
+			cur, err := ch.cl.GetSession(ctx, s.ID)
+			if err != nil {
+				return s, err
 			}
-			if u.s.Status == "" {
-				continue
-			}
-			s = u.s
-			ph.phase(s.Phase)
-			if s.Status != api.SessionCreating {
-				return s, nil
-			}
+			s = cur
+		}
+		ph.phase(s.Phase)
+		if s.Status != api.SessionCreating {
+			return s, nil
 		}
 	}
+}
+
+// poll long-polls GET /sessions/:id?wait=ready until the session leaves
+// "creating".
+func (ch *chat) poll(ctx context.Context, s api.Session, ph *phasePrinter) (api.Session, error) {
+	for range maxWaitPolls {
+		cur, err := ch.cl.WaitSession(ctx, s.ID, 60*time.Second)
+		if err != nil {
+			return s, err
+		}
+		s = cur
+		ph.phase(s.Phase)
+		if s.Status != api.SessionCreating {
+			return s, nil
+		}
+	}
+	return s, withCode(ExitFailed, fmt.Errorf("session %s is still not ready after %d minutes (lap diagnose %s)", shortID(s.ID), maxWaitPolls, shortID(s.ID)))
 }
 
 // phasePrinter shows "waiting for sandbox." and then the phases. On a
@@ -318,6 +358,7 @@ type phasePrinter struct {
 	tty  bool
 	st   style
 	last string
+	seen map[string]bool
 }
 
 const waitingLine = "waiting for sandbox."
@@ -325,10 +366,11 @@ const waitingLine = "waiting for sandbox."
 func (p *phasePrinter) start() { fmt.Fprint(p.w, waitingLine) }
 
 func (p *phasePrinter) phase(phase string) {
-	if phase == "" || phase == p.last || phase == "ready" {
+	if phase == "" || phase == p.last || phase == "ready" || (!p.tty && p.seen[phase]) {
 		return
 	}
 	p.last = phase
+	p.seen[phase] = true
 	if p.tty {
 		fmt.Fprint(p.w, "\r\x1b[K"+waitingLine+" "+p.st.dim(phase+" …"))
 		return

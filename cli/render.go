@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -46,8 +47,8 @@ func colorProfile(getenv func(string) string) termenv.Profile {
 	return termenv.ANSI
 }
 
-// markdown renders a reply for the terminal. A nil *markdown (output piped)
-// leaves text as it is.
+// markdown renders a reply for the terminal. A nil *markdown (stdout is
+// not a terminal) leaves text as it is.
 type markdown struct{ r *glamour.TermRenderer }
 
 func newMarkdown(getenv func(string) string, width int) *markdown {
@@ -77,8 +78,19 @@ func (m *markdown) render(text string) string {
 	if err != nil {
 		return text
 	}
-	return strings.Trim(out, "\n")
+	lines := strings.Split(strings.Trim(out, "\n"), "\n")
+	for i, l := range lines {
+		// glamour pads every line to the wrap width with styled spaces;
+		// without them a resized terminal does not rewrap the reply badly.
+		if trimmed := trailingPad.ReplaceAllString(l, ""); trimmed != l {
+			lines[i] = trimmed + "\x1b[0m"
+		}
+	}
+	return strings.Join(lines, "\n")
 }
+
+// trailingPad matches the spaces and colour codes at the end of a line.
+var trailingPad = regexp.MustCompile(`(?:\x1b\[[0-9;]*m| )+$`)
 
 // turnRenderer prints one streamed turn: text as it arrives, one status line
 // per tool call, and a footer. Reply text goes to out; tool lines, the footer
@@ -90,7 +102,7 @@ func (m *markdown) render(text string) string {
 // as it arrives and each tool call is one plain line when it ends.
 type turnRenderer struct {
 	out, status io.Writer
-	tty         bool // out and status are the same terminal
+	tty         bool // status is a terminal: tool lines are rewritten in place
 	width       int
 	height      int
 	md          *markdown
@@ -197,7 +209,7 @@ func (r *turnRenderer) endText() {
 	}
 	text := r.block.String()
 	switch {
-	case r.tty && r.md != nil && r.height > 0 && r.rows < r.height-1:
+	case r.md != nil && r.height > 0 && r.rows < r.height-1:
 		fmt.Fprint(r.out, "\r")
 		if r.rows > 0 {
 			fmt.Fprintf(r.out, "\x1b[%dA", r.rows)

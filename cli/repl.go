@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/chzyer/readline"
-	"golang.org/x/term"
 
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/sandboxes/protocol"
@@ -76,13 +75,15 @@ func (ch *chat) repl(ctx context.Context) error {
 		FuncGetWidth:      ch.a.width,
 	}
 	if f, ok := ch.a.in.(interface{ Fd() uintptr }); ok {
+		// readline's raw mode keeps output processing on (unlike x/term's),
+		// so "\n" still starts a new line while the prompt is active.
 		var mu sync.Mutex
-		var saved *term.State
+		var saved *readline.State
 		fd := int(f.Fd())
 		cfg.FuncMakeRaw = func() error {
 			mu.Lock()
 			defer mu.Unlock()
-			st, err := term.MakeRaw(fd)
+			st, err := readline.MakeRaw(fd)
 			if err == nil {
 				saved = st
 			}
@@ -94,7 +95,7 @@ func (ch *chat) repl(ctx context.Context) error {
 			if saved == nil {
 				return nil
 			}
-			err := term.Restore(fd, saved)
+			err := readline.Restore(fd, saved)
 			saved = nil
 			return err
 		}
@@ -152,7 +153,7 @@ func (ch *chat) turn(ctx context.Context, text string) error {
 	defer cancel(nil)
 
 	statusTTY := ch.st.color || isTerminal(ch.status)
-	r := newTurnRenderer(ch.a.out, ch.status, ch.a.outTTY && statusTTY && !ch.script, ch.a.width(), ch.a.height(), ch.md, ch.st)
+	r := newTurnRenderer(ch.a.out, ch.status, statusTTY, ch.a.width(), ch.a.height(), ch.md, ch.st)
 
 	var mu sync.Mutex
 	aborting := false
@@ -179,7 +180,7 @@ func (ch *chat) turn(ctx context.Context, text string) error {
 	}
 
 	waiting := ""
-	if statusTTY && !ch.script && ch.session.Status != api.SessionReady {
+	if statusTTY && ch.session.Status != api.SessionReady {
 		waiting = "resuming sandbox …"
 		fmt.Fprint(ch.status, ch.st.dim(waiting))
 	}
