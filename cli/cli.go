@@ -133,7 +133,7 @@ func describe(err error) string {
 	case errors.As(err, &ue):
 		return ue.Error() + "; is lapd running there? Run `lap login` to use another URL"
 	case errors.As(err, &ae) && ae.Status == 401:
-		return "master key rejected by the server; run `lap login` with the right key (lapd prints it at first start, or see MASTER_KEY)"
+		return "master key rejected by " + ae.URL + "; run `lap login` with the right key (lapd prints it at its first start, or see MASTER_KEY)"
 	}
 	return err.Error()
 }

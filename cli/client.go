@@ -50,6 +50,8 @@ type APIError struct {
 	Status  int
 	Code    string
 	Message string
+	// URL is the server that answered.
+	URL string
 }
 
 func (e *APIError) Error() string {
@@ -135,14 +137,16 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
-		return nil, decodeError(resp)
+		err := decodeError(resp)
+		err.URL = c.BaseURL
+		return nil, err
 	}
 	return resp, nil
 }
 
 // decodeError reads an error answer. A body that is not the API's error
 // shape (a proxy's HTML page, say) still yields a useful message.
-func decodeError(resp *http.Response) error {
+func decodeError(resp *http.Response) *APIError {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	var body api.ErrorBody
 	if err := json.Unmarshal(b, &body); err == nil && (body.Error.Code != "" || body.Error.Message != "") {

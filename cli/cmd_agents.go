@@ -64,7 +64,7 @@ type agentFields struct {
 	Harness    string            `help:"Harness that runs the agent: lap, claude-agent-sdk, opencode (lap harnesses lists them)." placeholder:"ID"`
 	Model      string            `help:"Model, e.g. anthropic/claude-sonnet-4-5 or mock/tools." placeholder:"MODEL"`
 	Prompt     string            `help:"System prompt." placeholder:"TEXT" xor:"prompt"`
-	PromptFile string            `help:"Read the system prompt from a file (- for stdin)." placeholder:"FILE" xor:"prompt" type:"path"`
+	PromptFile string            `help:"Read the system prompt from a file (- for stdin)." placeholder:"FILE" xor:"prompt"`
 	Repo       string            `help:"Git repository the sandbox clones." placeholder:"URL"`
 	Branch     string            `help:"Branch to clone (server default: main)." placeholder:"BRANCH"`
 	Env        map[string]string `mapsep:"none" help:"Secret environment variable for the sandbox (repeatable); values are never shown again." placeholder:"K=V"`
@@ -97,8 +97,17 @@ func (f *agentFields) prompt(in io.Reader) (string, bool, error) {
 type agentsCreateCmd struct {
 	Name string `help:"Agent name: lower case letters, digits and '-', 1-40 characters." placeholder:"NAME"`
 	agentFields
-	File string `short:"f" help:"Read the agent from a JSON file (the body of POST /agents; - for stdin); flags override its fields." placeholder:"FILE" type:"path"`
+	File string `short:"f" help:"Read the agent from a JSON file (the body of POST /agents; - for stdin); flags override its fields." placeholder:"FILE"`
 	JSON bool   `help:"Print the created agent as JSON."`
+}
+
+// Help shows the quickstart's agent as a command line.
+func (agentsCreateCmd) Help() string {
+	return "For example:\n\n" +
+		"    lap agents create --name my-sdk-agent --harness claude-agent-sdk \\\n" +
+		"      --model anthropic/claude-sonnet-4-5 --prompt 'You are a helpful assistant.' \\\n" +
+		"      --repo https://github.com/your-org/your-repo --branch main\n\n" +
+		"Without --harness the server uses lap's own harness; without --model its LAP_DEFAULT_MODEL."
 }
 
 // Run creates the agent.

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strings"
 	"time"
 
 	"lap.dev/lap/control/api"
@@ -214,22 +213,11 @@ func (ch *chat) end(err error) error {
 func (ch *chat) resumeID() string {
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
-	id := strings.ReplaceAll(ch.session.ID, "-", "")
 	all, err := ch.cl.ListSessions(ctx, "", "")
 	if err != nil {
-		return shortID(id)
+		return shortID(ch.session.ID)
 	}
-	n := 8
-	for _, s := range all {
-		other := strings.ReplaceAll(s.ID, "-", "")
-		if other == id {
-			continue
-		}
-		for n < len(id) && strings.HasPrefix(other, id[:n]) {
-			n++
-		}
-	}
-	return id[:min(n, len(id))]
+	return uniquePrefix(ch.session.ID, all)
 }
 
 // waitReady prints "waiting for sandbox." and the session's phases as they

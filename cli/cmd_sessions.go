@@ -19,7 +19,7 @@ type sessionsCmd struct {
 
 type sessionsListCmd struct {
 	Agent  string `help:"Only sessions of this agent (name or id)." placeholder:"AGENT"`
-	Status string `help:"Only sessions in this status: creating, ready, idle, failed or dead." enum:"creating,ready,idle,failed,dead," default:""`
+	Status string `help:"Only sessions in this status: creating, ready, idle, failed or dead." enum:"creating,ready,idle,failed,dead," default:"" placeholder:"STATUS"`
 	JSON   bool   `help:"Print JSON."`
 }
 
@@ -104,11 +104,15 @@ func (c *sessionsGetCmd) Run(ctx context.Context, a *app) error {
 	if c.JSON {
 		return writeJSON(a.out, s)
 	}
-	printSession(a.out, s, a)
+	resumeID := shortID(s.ID)
+	if all, err := cl.ListSessions(ctx, "", ""); err == nil {
+		resumeID = uniquePrefix(s.ID, all)
+	}
+	printSession(a.out, s, resumeID, a)
 	return nil
 }
 
-func printSession(w io.Writer, s api.Session, a *app) {
+func printSession(w io.Writer, s api.Session, resumeID string, a *app) {
 	now := a.env.Now()
 	fmt.Fprintf(w, "id           %s\n", s.ID)
 	agent := shortID(s.AgentID)
@@ -134,7 +138,7 @@ func printSession(w io.Writer, s api.Session, a *app) {
 	fmt.Fprintf(w, "created      %s\n", ago(now, s.CreatedAt))
 	fmt.Fprintf(w, "last active  %s\n", ago(now, s.LastActiveAt))
 	if s.Status != api.SessionDead {
-		fmt.Fprintf(w, "resume with  lap resume %s\n", shortID(s.ID))
+		fmt.Fprintf(w, "resume with  lap resume %s\n", resumeID)
 	}
 }
 
@@ -191,11 +195,31 @@ func findSession(ctx context.Context, cl *Client, idOrPrefix string) (api.Sessio
 	case 1:
 		return matches[0], nil
 	}
-	ids := make([]string, len(matches))
-	for i, s := range matches {
-		ids[i] = s.ID
+	// UUIDv7s start with their creation time: sessions opened within the
+	// same minute share their first 8 hex digits.
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d sessions start with %s; give more digits:", len(matches), idOrPrefix)
+	for _, s := range matches {
+		fmt.Fprintf(&b, "\n  %s  %s  %s", uniquePrefix(s.ID, all), orDash(s.AgentName), s.Status)
 	}
-	return api.Session{}, withCode(ExitUsage, fmt.Errorf("session prefix %s is ambiguous: %s", idOrPrefix, strings.Join(ids, ", ")))
+	return api.Session{}, withCode(ExitUsage, errors.New(b.String()))
+}
+
+// uniquePrefix is the shortest prefix of id's hex digits, 8 at least, that
+// no other session in all shares.
+func uniquePrefix(id string, all []api.Session) string {
+	hex := strings.ReplaceAll(id, "-", "")
+	n := 8
+	for _, s := range all {
+		other := strings.ReplaceAll(s.ID, "-", "")
+		if other == hex {
+			continue
+		}
+		for n < len(hex) && strings.HasPrefix(other, hex[:n]) {
+			n++
+		}
+	}
+	return hex[:min(n, len(hex))]
 }
 
 type logsCmd struct {

@@ -123,7 +123,7 @@ func commandWords(cmd string) string {
 // commandNames lists the top-level commands, for "did you mean" answers.
 func commandNames() []string {
 	var g grammar
-	parser, err := kong.New(&g, kong.Name("lap"))
+	parser, err := kong.New(&g, kong.Name("lap"), kong.Vars{"default_url": DefaultURL})
 	if err != nil {
 		return nil
 	}
