@@ -193,6 +193,9 @@ func (ch *chat) end(err error) error {
 	if errors.As(err, &ee) && ee.code == ExitFailed && ch.session.Status == api.SessionFailed {
 		return err // a failed session cannot be resumed; the error says so
 	}
+	if isStatus(err, 404) {
+		return err // the session is gone
+	}
 	if ch.rm {
 		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 		defer cancel()

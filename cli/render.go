@@ -78,13 +78,23 @@ func (m *markdown) render(text string) string {
 	if err != nil {
 		return text
 	}
-	lines := strings.Split(strings.Trim(out, "\n"), "\n")
+	lines := strings.Split(out, "\n")
 	for i, l := range lines {
 		// glamour pads every line to the wrap width with styled spaces;
 		// without them a resized terminal does not rewrap the reply badly.
 		if trimmed := trailingPad.ReplaceAllString(l, ""); trimmed != l {
-			lines[i] = trimmed + "\x1b[0m"
+			lines[i] = trimmed
+			if trimmed != "" {
+				lines[i] += "\x1b[0m"
+			}
 		}
+	}
+	// glamour frames a document with blank lines; the chat has its own.
+	for len(lines) > 0 && lines[0] == "" {
+		lines = lines[1:]
+	}
+	for len(lines) > 0 && lines[len(lines)-1] == "" {
+		lines = lines[:len(lines)-1]
 	}
 	return strings.Join(lines, "\n")
 }

@@ -101,8 +101,10 @@ func (ch *chat) repl(ctx context.Context) error {
 		}
 	}
 	if dir, err := lapDir(ch.a.env.Getenv); err == nil {
-		cfg.HistoryFile = filepath.Join(dir, "history")
-		_ = ensureDir(dir)
+		// Typed lines can hold secrets: the history is private like the login.
+		if err := ensurePrivateFile(filepath.Join(dir, "history")); err == nil {
+			cfg.HistoryFile = filepath.Join(dir, "history")
+		}
 	}
 	rl, err := readline.NewEx(cfg)
 	if err != nil {
@@ -157,6 +159,7 @@ func (ch *chat) turn(ctx context.Context, text string) error {
 
 	var mu sync.Mutex
 	aborting := false
+	var grace *time.Timer
 	restore := ch.a.intr.set(func() {
 		mu.Lock()
 		defer mu.Unlock()
@@ -170,9 +173,16 @@ func (ch *chat) turn(ctx context.Context, text string) error {
 			defer acancel()
 			_ = ch.cl.Abort(actx, ch.session.ID)
 		}()
-		time.AfterFunc(abortGrace, func() { cancel(errInterrupted) })
+		grace = time.AfterFunc(abortGrace, func() { cancel(errInterrupted) })
 	})
-	defer restore()
+	defer func() {
+		restore()
+		mu.Lock()
+		if grace != nil {
+			grace.Stop()
+		}
+		mu.Unlock()
+	}()
 	wasAborted := func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -265,4 +275,15 @@ func (ch *chat) turn(ctx context.Context, text string) error {
 	}
 }
 
-func ensureDir(dir string) error { return os.MkdirAll(dir, 0o700) }
+// ensurePrivateFile creates path (and its directory) with mode 0600 if it
+// does not exist, so readline's later appends keep that mode.
+func ensurePrivateFile(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
