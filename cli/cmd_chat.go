@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"time"
 
 	"lap.dev/lap/control/api"
@@ -160,8 +161,11 @@ func (ch *chat) recap(msgs []api.Message) {
 		}
 		if m.Info.Role == "user" {
 			fmt.Fprintln(ch.a.out, "> "+text)
-		} else {
-			fmt.Fprintln(ch.a.out, ch.md.render(text))
+			continue
+		}
+		fmt.Fprintln(ch.a.out, ch.md.render(text))
+		if e := m.Info.Error; e != nil {
+			fmt.Fprintln(ch.status, ch.st.dim("("+strings.ToLower(e.Name)+": "+e.Message+")"))
 		}
 	}
 }
