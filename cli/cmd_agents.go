@@ -327,8 +327,8 @@ func (c *agentsDeleteCmd) Run(ctx context.Context, a *app) error {
 		fmt.Fprintf(a.out, "Delete agent %s (%s), end its sessions and destroy their sandboxes? [y/N] ", ag.Name, shortID(ag.ID))
 		answer, _ := readLine(bufio.NewReader(a.in))
 		if ans := strings.ToLower(answer); ans != "y" && ans != "yes" {
-			fmt.Fprintln(a.out, "kept")
-			return withCode(ExitError, errors.New("not deleted"))
+			fmt.Fprintln(a.out, "not deleted")
+			return errSilent{ExitError}
 		}
 	}
 	if err := cl.DeleteAgent(ctx, ag.ID); err != nil {
