@@ -45,7 +45,11 @@ func newFake(t *testing.T, warm bool) *clitest.Server {
 }
 
 func TestChatSuiteOnFake(t *testing.T) {
-	f := newFake(t, true)
+	f := clitest.NewServer(t)
+	f.Warm = true
+	req := api.CreateAgentRequest{Name: "my-sdk-agent", HarnessID: "claude-agent-sdk", Model: "anthropic/claude-sonnet-4-5"}
+	clitest.EnsureAgent(t, f.URL, f.Key, req)
+	clitest.EnsureAgent(t, f.URL, f.Key, req) // the second finds it
 	clitest.ChatSuite(t, clitest.Target{
 		Bin: lapBin, URL: f.URL, Key: f.Key, Agent: "my-sdk-agent", Harness: "claude-agent-sdk", Reply: echoReply,
 	})

@@ -243,9 +243,15 @@ func (ch *chat) turn(ctx context.Context, text string) error {
 		case api.EventHarness:
 			clearWaiting()
 			var he protocol.Event
-			if json.Unmarshal(ev.Data, &he) == nil {
-				r.event(he)
+			if json.Unmarshal(ev.Data, &he) != nil {
+				continue
 			}
+			// A harness's event bus carries every session it serves; lapd
+			// should pass on only this one's, and this makes sure.
+			if hs := ch.session.HarnessSessionID; hs != "" && he.Properties.SessionID != "" && he.Properties.SessionID != hs {
+				continue
+			}
+			r.event(he)
 		case api.EventDone:
 			clearWaiting()
 			var m api.Message

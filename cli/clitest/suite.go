@@ -235,6 +235,43 @@ func (tg Target) get(t *testing.T, path string, out any) {
 	}
 }
 
+// EnsureAgent creates the agent req.Name on the server at url unless it
+// exists, so ChatSuite can run against a fresh lapd.
+func EnsureAgent(t *testing.T, url, key string, req api.CreateAgentRequest) {
+	t.Helper()
+	tg := Target{URL: url, Key: key}
+	r, err := http.NewRequest(http.MethodGet, url+api.BasePath+"/agents/"+req.Name, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Header.Set("Authorization", "Bearer "+key)
+	resp, err := (&http.Client{Timeout: Deadline}).Do(r)
+	if err != nil {
+		t.Fatalf("GET agent %s: %v", req.Name, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		return
+	}
+	body, _ := json.Marshal(req)
+	r, err = http.NewRequest(http.MethodPost, tg.URL+api.BasePath+"/agents", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Header.Set("Authorization", "Bearer "+key)
+	r.Header.Set("Content-Type", "application/json")
+	resp, err = (&http.Client{Timeout: Deadline}).Do(r)
+	if err != nil {
+		t.Fatalf("create agent %s: %v", req.Name, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
+		var e api.ErrorBody
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		t.Fatalf("create agent %s: %s %s", req.Name, resp.Status, e.Error.Message)
+	}
+}
+
 // runWithDeadline runs cmd, killing it if it outlives Deadline.
 func runWithDeadline(cmd *exec.Cmd) error {
 	if err := cmd.Start(); err != nil {
