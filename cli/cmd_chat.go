@@ -286,6 +286,7 @@ func (ch *chat) watch(ctx context.Context, s api.Session, ph *phasePrinter) (api
 	}
 	updates := make(chan api.Session)
 	streamErr := make(chan error, 1)
+	id := s.ID
 	go func() {
 		for {
 			ev, err := stream.Next()
@@ -294,7 +295,7 @@ func (ch *chat) watch(ctx context.Context, s api.Session, ph *phasePrinter) (api
 				return
 			}
 			var es api.Session
-			if ev.Name != api.EventSession || json.Unmarshal(ev.Data, &es) != nil || (es.ID != "" && es.ID != s.ID) || es.Status == "" {
+			if ev.Name != api.EventSession || json.Unmarshal(ev.Data, &es) != nil || (es.ID != "" && es.ID != id) || es.Status == "" {
 				continue
 			}
 			select {
