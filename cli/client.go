@@ -54,6 +54,7 @@ type APIError struct {
 	URL string
 }
 
+// Error returns the server's message.
 func (e *APIError) Error() string {
 	if e.Message != "" {
 		return e.Message
@@ -67,10 +68,12 @@ type UnreachableError struct {
 	Err error
 }
 
+// Error names the URL and the cause in a few words.
 func (e *UnreachableError) Error() string {
 	return fmt.Sprintf("cannot reach lap at %s (%s)", e.URL, shortNetError(e.Err))
 }
 
+// Unwrap returns the transport error.
 func (e *UnreachableError) Unwrap() error { return e.Err }
 
 // shortNetError names the cause of a failed connection in a few words.
