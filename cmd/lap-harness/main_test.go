@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"lap.dev/lap/control/gateway/mockllm"
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/sandboxes/protocol"
 )
@@ -613,4 +615,25 @@ func TestBadConfigFailsFast(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	require.Error(t, err)
 	assert.Contains(t, string(out), "LITELLM_API_BASE")
+}
+
+// The offline demo model of lapd's gateway drives this harness's tools.
+func TestMockToolsModel(t *testing.T) {
+	t.Parallel()
+	mock := httptest.NewServer(mockllm.Handler())
+	t.Cleanup(mock.Close)
+	ws := t.TempDir()
+	llm := fakellm.Start(t) // unused by the turn; only harnessEnv wants one
+	env := harnessEnv(t, llm, ws, "LITELLM_API_BASE="+mock.URL, "LAP_MODEL="+mockllm.Tools)
+	h := runHarness(t, env)
+	require.NoError(t, os.WriteFile(filepath.Join(ws, "repo", "hello.txt"), []byte("hi"), 0o644))
+
+	msg := h.send(h.newSession(), "What files are there?")
+	require.Nil(t, msg.Info.Error)
+	parts := tools(msg)
+	require.Len(t, parts, 1)
+	assert.Equal(t, "list_files", parts[0].Tool)
+	assert.Equal(t, protocol.ToolCompleted, parts[0].State.Status)
+	assert.Contains(t, msg.Text(), "The list_files tool returned:\n\nhello.txt")
+	assert.Empty(t, llm.Requests())
 }

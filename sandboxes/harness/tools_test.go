@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -376,6 +377,26 @@ func TestBackoff(t *testing.T) {
 			d := c.backoff(attempt, errors.New("x"))
 			assert.GreaterOrEqual(t, d, min(want-want/4, time.Second), "attempt %d", attempt)
 			assert.LessOrEqual(t, d, min(want+want/4, time.Second), "attempt %d", attempt)
+		}
+	}
+}
+
+func TestToolSchemas(t *testing.T) {
+	t.Parallel()
+	tb := newTestToolbox(t, 1000)
+	for _, spec := range tb.specs() {
+		b, err := json.Marshal(spec.Parameters)
+		require.NoError(t, err)
+		assert.NotContains(t, string(b), "null", "%s: %s", spec.Name, b)
+		var schema struct {
+			Type       string                    `json:"type"`
+			Properties map[string]map[string]any `json:"properties"`
+			Required   []string                  `json:"required"`
+		}
+		require.NoError(t, json.Unmarshal(b, &schema))
+		assert.Equal(t, "object", schema.Type)
+		for _, r := range schema.Required {
+			assert.Contains(t, schema.Properties, r, "%s requires an undeclared %s", spec.Name, r)
 		}
 	}
 }
