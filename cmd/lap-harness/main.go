@@ -2,7 +2,9 @@
 // sandbox (package sandboxes/harness). It is configured by the sandbox
 // environment of ARCHITECTURE §5: PORT, HARNESS_AUTH_TOKEN, REPO_URL,
 // BRANCH, GIT_TOKEN, AGENT_PROMPT, LAP_MODEL, LITELLM_API_BASE,
-// LITELLM_API_KEY and WORKSPACE (default: the working directory).
+// LITELLM_API_KEY and WORKSPACE (default: the working directory), and for
+// local development REPO_DIR, a checkout to work in instead of a clone.
+// PORT defaults to 4096, the port LOCAL_SANDBOX_URL examples use.
 package main
 
 import (
@@ -51,6 +53,7 @@ func run(ctx context.Context, lookup func(string) (string, bool), environ []stri
 		RepoURL:     get("REPO_URL"),
 		Branch:      get("BRANCH"),
 		GitToken:    get("GIT_TOKEN"),
+		RepoDir:     get("REPO_DIR"),
 		AgentPrompt: get("AGENT_PROMPT"),
 		Model:       get("LAP_MODEL"),
 		LLMBaseURL:  get("LITELLM_API_BASE"),

@@ -129,7 +129,8 @@ func Fail(status int, message string) Reply { return Reply{Status: status, Error
 func Hang() Reply { return Reply{Hang: true} }
 
 // Responder answers a request that the queue does not. It is called with
-// the parsed request and may inspect the conversation to decide.
+// the parsed request and may inspect the conversation to decide; calls for
+// concurrent requests may overlap.
 type Responder func(Request) Reply
 
 // Request is one recorded request.
@@ -377,9 +378,12 @@ func (s *Server) record(req Request, valid bool) (Request, Reply) {
 		reply = s.queue[0]
 		s.queue = s.queue[1:]
 	case s.responder != nil:
-		// Called under the lock so replies are handed out in request
-		// order; responders must not call back into the server.
-		reply = s.responder(req)
+		// Outside the lock, so a responder may use the server (e.g.
+		// look at earlier requests).
+		responder := s.responder
+		s.mu.Unlock()
+		reply = responder(req)
+		s.mu.Lock()
 	default:
 		reply = Fail(http.StatusInternalServerError,
 			fmt.Sprintf("fakellm: no scripted reply for request %d (queue empty, no responder)", req.Seq))

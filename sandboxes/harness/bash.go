@@ -46,7 +46,9 @@ func (tb *toolbox) bash(ctx context.Context, command string, timeoutS *float64) 
 	cmd.Dir = tb.root
 	cmd.Env = tb.env
 	cmd.Stdout, cmd.Stderr = pw, pw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own group, so the whole of it can be killed; and killed with
+	// the harness should the harness die without cleaning up.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		pw.Close()
 		return toolResult{err: fmt.Errorf("start %s: %w", tb.shell, err)}

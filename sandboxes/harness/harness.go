@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -47,6 +48,10 @@ type Config struct {
 	RepoURL  string
 	Branch   string
 	GitToken string
+	// RepoDir, when set, is an existing directory the agent works in
+	// instead of <Workspace>/repo, and nothing is cloned (REPO_DIR: local
+	// development on a checkout, as with LOCAL_SANDBOX_URL).
+	RepoDir string
 	// AgentPrompt is AGENT_PROMPT, the start of every system prompt.
 	AgentPrompt string
 	// Model is LAP_MODEL, used when a message names no model. Names such
@@ -198,15 +203,24 @@ func New(cfg Config) (*Server, error) {
 	if cfg.LLMBaseURL == "" {
 		return nil, errors.New("LLM base URL is required (LITELLM_API_BASE)")
 	}
+	if u, err := url.Parse(cfg.LLMBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("LLM base URL %q (LITELLM_API_BASE) is not an http(s) URL", cfg.LLMBaseURL)
+	}
 	ws, err := filepath.Abs(cfg.Workspace)
 	if err != nil {
 		return nil, fmt.Errorf("resolve workspace %s: %w", cfg.Workspace, err)
 	}
 	cfg.Workspace = ws
+	repo := filepath.Join(ws, RepoDir)
+	if cfg.RepoDir != "" {
+		if repo, err = filepath.Abs(cfg.RepoDir); err != nil {
+			return nil, fmt.Errorf("resolve repo directory %s: %w", cfg.RepoDir, err)
+		}
+	}
 	s := &Server{
 		cfg:      cfg,
 		log:      cfg.Logger,
-		repo:     filepath.Join(ws, RepoDir),
+		repo:     repo,
 		sessDir:  filepath.Join(ws, SessionsDir),
 		bus:      newBus(),
 		started:  time.Now(),
@@ -216,11 +230,7 @@ func New(cfg Config) (*Server, error) {
 	if err := os.MkdirAll(s.sessDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
-	llm, err := newLLMClient(cfg)
-	if err != nil {
-		return nil, err
-	}
-	s.llm = llm
+	s.llm = newLLMClient(cfg)
 	s.tools = newToolbox(s.repo, toolEnv(cfg.Env), cfg)
 	if err := s.loadSessions(); err != nil {
 		return nil, err
@@ -247,6 +257,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	hs := &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
@@ -263,11 +274,20 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	grace, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace)
 	defer cancel()
 	// Event streams never end on their own; end them so Shutdown only
-	// waits for requests that finish (blocking turns).
+	// waits for requests that finish (blocking turns). Shutdown gets a
+	// little longer than the grace, so turns aborted at its end can still
+	// send their answers.
 	s.bus.close()
-	go func() { _ = hs.Shutdown(grace) }()
+	drained := make(chan struct{})
+	drainCtx, cancelDrain := context.WithTimeout(context.Background(), s.cfg.ShutdownGrace+5*time.Second)
+	defer cancelDrain()
+	go func() {
+		_ = hs.Shutdown(drainCtx)
+		close(drained)
+	}()
 	s.waitTurns(grace)
 	s.Close()
+	<-drained
 	_ = hs.Close()
 	return nil
 }

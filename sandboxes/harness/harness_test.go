@@ -465,3 +465,20 @@ func TestToolEnvironmentHasNoSecrets(t *testing.T) {
 	assert.NotContains(t, out, "ghp_secret")
 	assert.Contains(t, out, "AGENT_SECRET=kept", "the agent's own variables stay")
 }
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		cfg  harness.Config
+		want string
+	}{
+		{"no workspace", harness.Config{LLMBaseURL: "http://x"}, "workspace is required (WORKSPACE)"},
+		{"no LLM", harness.Config{Workspace: t.TempDir()}, "LLM base URL is required (LITELLM_API_BASE)"},
+		{"bad LLM URL", harness.Config{Workspace: t.TempDir(), LLMBaseURL: "lapd:3000/llm"}, `LLM base URL "lapd:3000/llm" (LITELLM_API_BASE) is not an http(s) URL`},
+	}
+	for _, tt := range tests {
+		_, err := harness.New(tt.cfg)
+		assert.EqualError(t, err, tt.want, tt.name)
+	}
+}

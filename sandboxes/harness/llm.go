@@ -34,7 +34,7 @@ type llmClient struct {
 	log        *slog.Logger
 }
 
-func newLLMClient(cfg Config) (*llmClient, error) {
+func newLLMClient(cfg Config) *llmClient {
 	svc := openai.NewChatCompletionService(
 		option.WithBaseURL(llmBaseURL(cfg.LLMBaseURL)),
 		option.WithAPIKey(cfg.LLMAPIKey),
@@ -42,7 +42,7 @@ func newLLMClient(cfg Config) (*llmClient, error) {
 		option.WithMaxRetries(0),
 		option.WithMiddleware(wrapErrorBody),
 	)
-	return &llmClient{svc: svc, maxRetries: cfg.MaxRetries, baseDelay: cfg.RetryBaseDelay, maxDelay: cfg.MaxRetryDelay, log: cfg.Logger}, nil
+	return &llmClient{svc: svc, maxRetries: cfg.MaxRetries, baseDelay: cfg.RetryBaseDelay, maxDelay: cfg.MaxRetryDelay, log: cfg.Logger}
 }
 
 // wrapErrorBody makes an error response the SDK can read: a proxy's HTML

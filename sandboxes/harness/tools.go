@@ -61,7 +61,11 @@ func newToolbox(root string, env []string, cfg Config) *toolbox {
 }
 
 func object(required []string, props map[string]any) map[string]any {
-	return map[string]any{"type": "object", "properties": props, "required": required}
+	o := map[string]any{"type": "object", "properties": props}
+	if len(required) > 0 {
+		o["required"] = required // null is not a valid JSON schema here
+	}
+	return o
 }
 
 func prop(typ, desc string) map[string]any { return map[string]any{"type": typ, "description": desc} }

@@ -77,6 +77,16 @@ func (s *Server) Prepare(ctx context.Context) error {
 }
 
 func (s *Server) prepare(ctx context.Context) error {
+	if s.cfg.RepoDir != "" {
+		info, err := os.Stat(s.repo)
+		if err != nil {
+			return fmt.Errorf("repo directory: %w", err)
+		}
+		if !info.IsDir() {
+			return fmt.Errorf("repo directory %s is not a directory", s.repo)
+		}
+		return nil
+	}
 	if _, err := os.Stat(s.repo); err == nil {
 		// A restart on a kept workspace: the clone was finished (it is
 		// renamed into place only when complete), keep the agent's work.
@@ -89,7 +99,12 @@ func (s *Server) prepare(ctx context.Context) error {
 		return nil
 	}
 	// Clone beside the final place and rename, so a crash mid-clone never
-	// leaves a half repo that a restart would take as finished.
+	// leaves a half repo that a restart would take as finished; remove what
+	// such a crash left.
+	stale, _ := filepath.Glob(filepath.Join(s.cfg.Workspace, StateDir, "clone-*"))
+	for _, dir := range stale {
+		_ = os.RemoveAll(dir)
+	}
 	tmp, err := os.MkdirTemp(filepath.Join(s.cfg.Workspace, StateDir), "clone-")
 	if err != nil {
 		return fmt.Errorf("create clone directory: %w", err)
@@ -136,6 +151,13 @@ func (s *Server) clone(ctx context.Context, dest string) error {
 		msg := strings.TrimSpace(redactSecret(tail, s.cfg.GitToken))
 		if msg == "" {
 			msg = err.Error()
+		}
+		if strings.Contains(msg, "could not read Username") {
+			if s.cfg.GitToken != "" {
+				msg += " (the git server did not accept GIT_TOKEN)"
+			} else {
+				msg += " (the repository needs credentials: set GIT_TOKEN)"
+			}
 		}
 		return fmt.Errorf("git clone %s: %s", what, msg)
 	}
