@@ -188,9 +188,10 @@ func TestResumeOfARunningSandboxReturnsAtOnce(t *testing.T) {
 	assert.Equal(t, sb, again, "same process, same endpoint")
 }
 
-// A harness killed mid-turn leaves its running tool behind (tools run in
-// process groups of their own); Resume clears it and starts the harness
-// again on the same workspace.
+// A harness killed mid-turn can leave its running tool's children behind
+// (the harness kills its tool's shell when it dies, not what the shell
+// started); Resume clears them and starts the harness again on the same
+// workspace.
 func TestResumeAfterCrashClearsLeftoversAndRestarts(t *testing.T) {
 	t.Parallel()
 	ctx := testCtx(t)
@@ -203,21 +204,15 @@ func TestResumeAfterCrashClearsLeftoversAndRestarts(t *testing.T) {
 	sess := c.newSession()
 	pid := pidOf(t, sb)
 
-	f.llm.Enqueue(fakellm.CallTool("bash", map[string]any{"command": "sleep 300"}), fakellm.Text("unreachable"))
+	f.llm.Enqueue(fakellm.CallTool("bash", map[string]any{"command": "sleep 300; echo done"}), fakellm.Text("unreachable"))
 	require.Equal(t, http.StatusNoContent, c.do(http.MethodPost, "/session/"+sess+"/prompt_async",
 		map[string]any{"parts": []map[string]string{{"type": "text", "text": "sleep"}}}, nil))
-	var tool int
-	waitFor(t, "the tool to run", func() bool {
-		m := sessionMembers(pid)
-		if len(m) > 0 {
-			tool = m[0]
-		}
-		return len(m) > 0
-	})
+	waitFor(t, "the tool's shell and its sleep", func() bool { return len(sessionMembers(pid)) >= 2 })
 
 	require.NoError(t, kill(ctx, sb))
 	waitFor(t, "the harness to die", func() bool { return gone(pid) })
-	assert.False(t, gone(tool), "the tool outlives the crashed harness")
+	left := sessionMembers(pid)
+	require.NotEmpty(t, left, "the sleep outlives the crashed harness")
 	all, err := b.List(ctx)
 	require.NoError(t, err)
 	require.Len(t, all, 1)
@@ -226,7 +221,9 @@ func TestResumeAfterCrashClearsLeftoversAndRestarts(t *testing.T) {
 	sb, err = b.Resume(ctx, sb)
 	require.NoError(t, err)
 	assert.True(t, sb.Running)
-	assert.True(t, gone(tool), "Resume killed the crashed harness's leftovers")
+	for _, p := range left {
+		assert.True(t, gone(p), "Resume killed the crashed harness's leftover %d", p)
+	}
 	c.sb = sb
 	assert.Equal(t, http.StatusOK, c.do(http.MethodGet, "/session/"+sess+"/message", nil, nil), "the session is still there")
 	logs, err := b.Logs(ctx, sb, 64<<10)
