@@ -678,3 +678,27 @@ func TestCheckID(t *testing.T) {
 		assert.Error(t, checkID(id), id)
 	}
 }
+
+// The backend caps a running sandbox's output in the background.
+func TestBackendCapsLogsOfRunningSandboxes(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	b := newBackend(t, "", map[string]string{"LOCAL_LOG_MAX_BYTES": "8KiB"})
+	f := newFixture(t)
+	sb, err := b.Provision(ctx, f.spec())
+	require.NoError(t, err)
+	// Output as if the harness had been chatty.
+	lf, err := os.OpenFile(sb.Data["log"], os.O_WRONLY|os.O_APPEND, 0)
+	require.NoError(t, err)
+	_, err = lf.WriteString(strings.Repeat("chatty harness output\n", 2000))
+	require.NoError(t, lf.Close())
+	require.NoError(t, err)
+	waitFor(t, "the log to be capped", func() bool {
+		fi, err := os.Stat(sb.Data["log"])
+		return err == nil && fi.Size() <= 4<<10
+	})
+	logs, err := b.Logs(ctx, sb, 16<<10)
+	require.NoError(t, err)
+	assert.LessOrEqual(t, len(logs), 8<<10+200)
+	assert.Contains(t, logs, "chatty harness output\n")
+}
