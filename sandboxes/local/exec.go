@@ -22,6 +22,10 @@ import (
 // serve as it without help from its main.
 const execName = "lap-sandbox-exec"
 
+// harnessFD names the harness executable lapd passes the wrapper as its
+// fd 3.
+const harnessFD = "/proc/self/fd/3"
+
 // selfExe is lapd's own executable; the link stays valid even if the file
 // was replaced on disk since lapd started.
 const selfExe = "/proc/self/exe"
@@ -33,7 +37,8 @@ func init() {
 }
 
 // wrapperArgs is the argv that makes lapd's executable apply the limits
-// and execute path with args: nproc 0 leaves RLIMIT_NPROC as it is.
+// and execute the harness (fd 3, named path) with args: nproc 0 leaves
+// RLIMIT_NPROC as it is.
 func wrapperArgs(nofile, nproc int, path string, args []string) []string {
 	return append([]string{execName, strconv.Itoa(nofile), strconv.Itoa(nproc), path}, args...)
 }
@@ -74,7 +79,10 @@ func execWrapper(args []string) int {
 			return fail("limit processes to %d: %v", n, err)
 		}
 	}
+	// The harness is fd 3, opened by lapd; path is only its name. The
+	// descriptor stays open in the harness: an interpreted harness (#!)
+	// is read by its interpreter through it.
 	path := args[2]
-	err := syscall.Exec(path, append([]string{path}, args[3:]...), os.Environ())
+	err := syscall.Exec(harnessFD, append([]string{path}, args[3:]...), os.Environ())
 	return fail("exec %s: %v", path, err)
 }

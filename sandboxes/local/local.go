@@ -130,7 +130,7 @@ func New(opts Options) (*Backend, error) {
 		if users.mode == perSandbox {
 			uid, gid = users.first, users.first
 		}
-		if err := checkReachable(dir, uid, gid); err != nil {
+		if err := checkReachable(dir, cfg.SandboxUser, uid, gid); err != nil {
 			return nil, fmt.Errorf("local backend: %w", err)
 		}
 	}
@@ -603,11 +603,20 @@ func (b *Backend) start(dir string, rec *record, port int) (*process, error) {
 	if b.users.mode == perSandbox && rec.UID >= 0 {
 		nproc = b.cfg.MaxProcesses
 	}
+	// The wrapper executes the harness through this descriptor, opened
+	// with lapd's rights, so the sandbox's user needs permission to
+	// execute the file but not to reach its directory.
+	bin, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open harness %s: %w", rec.HarnessID, err)
+	}
+	defer bin.Close()
 	cmd := &exec.Cmd{
-		Path: selfExe,
-		Args: wrapperArgs(b.cfg.MaxOpenFiles, nproc, path, args),
-		Dir:  filepath.Join(dir, workspaceDir),
-		Env:  env,
+		Path:       selfExe,
+		Args:       wrapperArgs(b.cfg.MaxOpenFiles, nproc, path, args),
+		Dir:        filepath.Join(dir, workspaceDir),
+		Env:        env,
+		ExtraFiles: []*os.File{bin}, // fd 3 in the wrapper
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// A session of its own: the harness and its tools get no signal

@@ -702,3 +702,26 @@ func TestBackendCapsLogsOfRunningSandboxes(t *testing.T) {
 	assert.LessOrEqual(t, len(logs), 8<<10+200)
 	assert.Contains(t, logs, "chatty harness output\n")
 }
+
+// Harnesses running as their own users must reach their workspaces: a
+// data dir they cannot reach is refused at start with what to do.
+func TestUnreachableDataDir(t *testing.T) {
+	t.Parallel()
+	private := filepath.Join(dataDir(t), "private")
+	require.NoError(t, os.Mkdir(private, 0o700))
+	dir := filepath.Join(private, "data", "sandboxes")
+	b, err := New(Options{Dir: dir, Config: localConfig(t, nil), ExecDir: binDir})
+	if os.Geteuid() != 0 {
+		require.NoError(t, err, "harnesses run as lapd's user")
+		require.NoError(t, b.Close(t.Context()))
+		return
+	}
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "cannot reach their workspaces")
+	assert.Contains(t, err.Error(), "chmod o+x "+private)
+	assert.Contains(t, err.Error(), "LOCAL_SANDBOX_USER=root")
+
+	b, err = New(Options{Dir: dir, Config: localConfig(t, map[string]string{"LOCAL_SANDBOX_USER": "root"}), ExecDir: binDir})
+	require.NoError(t, err, "without isolation nothing needs reaching")
+	require.NoError(t, b.Close(t.Context()))
+}

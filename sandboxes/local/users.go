@@ -255,7 +255,7 @@ func credential(uid, gid int) *syscall.Credential {
 // data directory) gets search permission for others if it lacks it —
 // search only, nothing there becomes readable; every further ancestor
 // must already allow it.
-func checkReachable(root string, uid, gid int) error {
+func checkReachable(root, userSetting string, uid, gid int) error {
 	if err := os.Chmod(root, sandboxDirPerm); err != nil {
 		return err
 	}
@@ -271,7 +271,9 @@ func checkReachable(root string, uid, gid int) error {
 			return err
 		}
 		if !searchable(fi, uid, gid) {
-			return fmt.Errorf("sandbox user %d cannot reach %s: %s is %v; give it search permission (chmod o+x) or move LAP_DATA_DIR", uid, root, dir, fi.Mode().Perm())
+			return fmt.Errorf("harnesses run as their own users (LOCAL_SANDBOX_USER=%s), which cannot reach their workspaces in %s: %s is %v; "+
+				"give it search permission (chmod o+x %s), put LAP_DATA_DIR elsewhere (e.g. /var/lib/lap), or set LOCAL_SANDBOX_USER=root to run harnesses without isolation",
+				userSetting, root, dir, fi.Mode().Perm(), dir)
 		}
 		if next := filepath.Dir(dir); next == dir {
 			return nil
