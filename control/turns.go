@@ -385,6 +385,9 @@ func (t *turn) fail(ctx context.Context, cause error) (api.Message, error) {
 
 // waitReady returns the session once it is no longer creating.
 func (s *Server) waitReady(ctx context.Context, id string) (store.Session, error) {
+	if sess, err := s.store.GetSession(ctx, id); err != nil || sess.Status != api.SessionCreating {
+		return sess, readyErr(sess, err)
+	}
 	sub := s.bus.subscribe(id)
 	defer func() { s.bus.unsubscribe(id, sub) }()
 	for {
@@ -392,14 +395,8 @@ func (s *Server) waitReady(ctx context.Context, id string) (store.Session, error
 		if err != nil {
 			return sess, err
 		}
-		switch sess.Status {
-		case api.SessionCreating:
-		case api.SessionFailed:
-			return sess, conflict("session %s failed: %s", id, sess.FailureReason)
-		case api.SessionDead:
-			return sess, conflict("session %s has ended", id)
-		default:
-			return sess, nil
+		if sess.Status != api.SessionCreating {
+			return sess, readyErr(sess, nil)
 		}
 		select {
 		case _, ok := <-sub.ch:
@@ -413,6 +410,20 @@ func (s *Server) waitReady(ctx context.Context, id string) (store.Session, error
 			return sess, ctx.Err()
 		}
 	}
+}
+
+// readyErr says why a session that is no longer creating cannot take a
+// turn (nil when it can).
+func readyErr(sess store.Session, err error) error {
+	switch {
+	case err != nil:
+		return err
+	case sess.Status == api.SessionFailed:
+		return conflict("session %s failed: %s", sess.ID, sess.FailureReason)
+	case sess.Status == api.SessionDead:
+		return conflict("session %s has ended", sess.ID)
+	}
+	return nil
 }
 
 // modelRef turns "provider/model" into the harness's model reference.
