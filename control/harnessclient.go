@@ -29,18 +29,25 @@ type target struct {
 
 // harnessClient speaks the harness protocol (ARCHITECTURE §5).
 type harnessClient struct {
+	// hc has pooled connections, for everything but turns. Neither client
+	// has an overall timeout: a turn may run as long as LAP_TURN_TIMEOUT.
 	hc *http.Client
+	// turns sends each message on a new connection. A pooled connection
+	// the harness has closed (it crashed while idle) fails only after the
+	// request was written, which looks just like a crash mid-turn; on a
+	// new connection a dead harness is a refused dial, which proves the
+	// message was not delivered and may safely be sent again.
+	turns *http.Client
 }
 
-// newHTTPClient returns the client lapd uses for harnesses: pooled
-// connections for many concurrent sessions, and no overall timeout since a
-// turn may run for as long as LAP_TURN_TIMEOUT.
-func newHTTPClient() *http.Client {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConns = 1024
-	tr.MaxIdleConnsPerHost = 256
-	tr.IdleConnTimeout = 90 * time.Second
-	return &http.Client{Transport: tr}
+func newHarnessClient() *harnessClient {
+	pooled := http.DefaultTransport.(*http.Transport).Clone()
+	pooled.MaxIdleConns = 1024
+	pooled.MaxIdleConnsPerHost = 256
+	pooled.IdleConnTimeout = 90 * time.Second
+	fresh := http.DefaultTransport.(*http.Transport).Clone()
+	fresh.DisableKeepAlives = true
+	return &harnessClient{hc: &http.Client{Transport: pooled}, turns: &http.Client{Transport: fresh}}
 }
 
 // statusError is a non-2xx answer from a harness.
@@ -90,14 +97,14 @@ func (h *harnessClient) request(ctx context.Context, t target, method, path stri
 	return req, nil
 }
 
-// call sends one request and decodes a 2xx JSON answer into out (if not
-// nil). Other statuses return a *statusError.
-func (h *harnessClient) call(ctx context.Context, t target, method, path string, in, out any) error {
+// call sends one request with hc and decodes a 2xx JSON answer into out
+// (if not nil). Other statuses return a *statusError.
+func (h *harnessClient) call(ctx context.Context, hc *http.Client, t target, method, path string, in, out any) error {
 	req, err := h.request(ctx, t, method, path, in)
 	if err != nil {
 		return err
 	}
-	resp, err := h.hc.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}
@@ -118,7 +125,7 @@ func (h *harnessClient) call(ctx context.Context, t target, method, path string,
 
 func (h *harnessClient) createSession(ctx context.Context, t target, req protocol.CreateSessionRequest) (protocol.SessionInfo, error) {
 	var info protocol.SessionInfo
-	if err := h.call(ctx, t, http.MethodPost, "/session", req, &info); err != nil {
+	if err := h.call(ctx, h.hc, t, http.MethodPost, "/session", req, &info); err != nil {
 		return info, fmt.Errorf("create harness session: %w", err)
 	}
 	if info.ID == "" {
@@ -129,17 +136,17 @@ func (h *harnessClient) createSession(ctx context.Context, t target, req protoco
 
 func (h *harnessClient) sendMessage(ctx context.Context, t target, req protocol.SendMessageRequest) (protocol.Message, error) {
 	var m protocol.Message
-	err := h.call(ctx, t, http.MethodPost, "/session/"+url.PathEscape(t.sessionID)+"/message", req, &m)
+	err := h.call(ctx, h.turns, t, http.MethodPost, "/session/"+url.PathEscape(t.sessionID)+"/message", req, &m)
 	return m, err
 }
 
 func (h *harnessClient) abort(ctx context.Context, t target) error {
-	return h.call(ctx, t, http.MethodPost, "/session/"+url.PathEscape(t.sessionID)+"/abort", nil, nil)
+	return h.call(ctx, h.hc, t, http.MethodPost, "/session/"+url.PathEscape(t.sessionID)+"/abort", nil, nil)
 }
 
 func (h *harnessClient) identity(ctx context.Context, t target) (protocol.Identity, error) {
 	var id protocol.Identity
-	err := h.call(ctx, t, http.MethodGet, "/", nil, &id)
+	err := h.call(ctx, h.hc, t, http.MethodGet, "/", nil, &id)
 	return id, err
 }
 

@@ -62,8 +62,6 @@ type Options struct {
 	Registry *prometheus.Registry
 	// Groups are extra route groups (the LLM gateway).
 	Groups []RouteGroup
-	// HTTPClient reaches harnesses; nil means a pooled default.
-	HTTPClient *http.Client
 }
 
 // Server is the control plane. Create it with New, call Start once, then
@@ -107,9 +105,6 @@ func New(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opts.HTTPClient == nil {
-		opts.HTTPClient = newHTTPClient()
-	}
 	reg := opts.Registry
 	if reg == nil {
 		reg = newRegistry()
@@ -122,7 +117,7 @@ func New(opts Options) (*Server, error) {
 		secrets:    opts.Secrets,
 		tokens:     opts.Tokens,
 		log:        opts.Logger,
-		harness:    &harnessClient{hc: opts.HTTPClient},
+		harness:    newHarnessClient(),
 		bus:        newBus(),
 		masterKey:  sha256.Sum256([]byte(opts.Config.MasterKey)),
 		baseCtx:    ctx,
@@ -291,7 +286,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		s.mu.Lock()
 		for _, t := range s.active {
-			t.abort(abortShutdown)
+			if t != nil { // nil: a maintenance job, not a turn
+				t.abort(abortShutdown)
+			}
 		}
 		s.mu.Unlock()
 		// Aborted turns end within abortGrace (then their calls are cut).
