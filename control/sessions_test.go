@@ -480,3 +480,27 @@ func TestMetrics(t *testing.T) {
 		assert.Contains(t, string(body), want)
 	}
 }
+
+func TestHarnessBusyThroughPassThroughIs409(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	e.createAgent("shared", nil)
+	sess := e.readySession("shared")
+	base := api.BasePath + "/sessions/" + sess.ID + "/opencode/session/" + sess.HarnessSessionID
+	status, body := e.raw(http.MethodPost, base+"/prompt_async", "application/json", []byte(`{"parts":[{"type":"text","text":"/block"}]}`), true)
+	require.Equal(t, http.StatusNoContent, status, "%s", body)
+
+	status, _, body = e.send(sess.ID, "me too")
+	assert.Equal(t, http.StatusConflict, status, "%s", body)
+	assert.Contains(t, errorOf(t, body).Message, "busy")
+	log := e.messages(sess.ID)
+	require.Len(t, log, 1)
+	assert.Equal(t, store.MessageFailed, log[0].Info.Status)
+
+	status, _ = e.raw(http.MethodPost, base+"/abort", "", nil, true)
+	require.Equal(t, http.StatusOK, status)
+	waitFor(t, "the harness to be free", func() bool {
+		status, _, _ := e.send(sess.ID, "now")
+		return status == http.StatusOK
+	})
+}

@@ -359,6 +359,8 @@ func (t *turn) fail(ctx context.Context, cause error) (api.Message, error) {
 			code = c
 		}
 		out = newAPIError(t.reason.status, code, "%s", t.reason.message)
+	case isStatus(cause, http.StatusConflict):
+		out = conflict("the harness of session %s is busy with another turn", t.sessionID)
 	default:
 		out = cause
 		// What lapd cannot classify went wrong on the way to or in the
