@@ -23,6 +23,7 @@ type apiError struct {
 	msg    string
 }
 
+// Error implements error; the message is what the client reads.
 func (e *apiError) Error() string { return e.msg }
 
 func newAPIError(status int, code, format string, args ...any) error {

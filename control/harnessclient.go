@@ -56,6 +56,7 @@ type statusError struct {
 	body   string
 }
 
+// Error implements error.
 func (e *statusError) Error() string {
 	return fmt.Sprintf("harness answered %d: %s", e.status, e.body)
 }

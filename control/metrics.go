@@ -96,8 +96,10 @@ type sessionsCollector struct {
 
 var sessionsDesc = prometheus.NewDesc("lap_sessions", "Sessions by status.", []string{"status"}, nil)
 
+// Describe implements prometheus.Collector.
 func (c *sessionsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- sessionsDesc }
 
+// Collect implements prometheus.Collector.
 func (c *sessionsCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
