@@ -3,6 +3,7 @@ package control
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -111,31 +112,35 @@ func BenchmarkGetSession(b *testing.B) {
 // has the harness take 100 ms per turn, as a (fast) model would, so the
 // figure is lapd's added latency at 100 active sessions. store=tmpfs puts
 // the bbolt file where fsync costs nothing, to separate lapd's own cost
-// from the disk's.
+// from the disk's; sessions=1 shows the cost of one turn on an idle lapd.
 func BenchmarkMessageRelayOverhead(b *testing.B) {
 	dirs := storeDirs(b)
-	cases := []struct{ store, turn, text string }{
-		{"disk", "instant", "hello"},
-		{"disk", "100ms", "/slow 100ms"},
-		{"tmpfs", "instant", "hello"},
-		{"tmpfs", "100ms", "/slow 100ms"},
+	cases := []struct {
+		store, turn, text string
+		sessions          int
+	}{
+		{"disk", "instant", "hello", 100},
+		{"disk", "100ms", "/slow 100ms", 100},
+		{"tmpfs", "100ms", "/slow 100ms", 100},
+		{"disk", "instant", "hello", 1},
 	}
 	for _, c := range cases {
-		b.Run("store="+c.store+"/turn="+c.turn, func(b *testing.B) {
+		name := fmt.Sprintf("sessions=%d/store=%s/turn=%s", c.sessions, c.store, c.turn)
+		b.Run(name, func(b *testing.B) {
 			dir, ok := dirs[c.store]
 			if !ok {
 				b.Skip("no tmpfs at /dev/shm")
 			}
-			benchRelay(b, filepath.Join(dir, c.turn), c.text)
+			benchRelay(b, filepath.Join(dir, fmt.Sprint(c.sessions, c.turn)), c.text, c.sessions)
 		})
 	}
 }
 
-func benchRelay(b *testing.B, dir, text string) {
+func benchRelay(b *testing.B, dir, text string, sessions int) {
 	e := benchEnv(b, dir)
 	e.t = &testing.T{}
 	e.createAgent("relay", nil)
-	const sessions, perSession, rounds = 100, 10, 5
+	const perSession, rounds = 10, 5
 	type pair struct {
 		lapd   string
 		direct target
