@@ -143,6 +143,10 @@ func serveConfig(ctx context.Context, cfg config.Config, log *slog.Logger, newBa
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	llm, err := gatewayGroup(cfg, st, tokens, reg, log)
+	if err != nil {
+		return err
+	}
 	srv, err := control.New(control.Options{
 		Config:   cfg,
 		Store:    st,
@@ -151,7 +155,7 @@ func serveConfig(ctx context.Context, cfg config.Config, log *slog.Logger, newBa
 		Tokens:   tokens,
 		Logger:   log,
 		Registry: reg,
-		Groups:   routeGroups(cfg, st, tokens, reg, log),
+		Groups:   []control.RouteGroup{llm},
 	})
 	if err != nil {
 		return err
@@ -185,15 +189,6 @@ func serveConfig(ctx context.Context, cfg config.Config, log *slog.Logger, newBa
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	log.Info("stopped")
-	return nil
-}
-
-// routeGroups are the route groups other parts of lapd serve. The LLM
-// gateway (control/gateway) mounts here as
-// {Prefix: "/llm", OwnAuth: true, Register: gw.Register}, built from the
-// store (sandbox lookups, usage, budgets), the token signer and the
-// registry.
-func routeGroups(cfg config.Config, st *store.Store, tokens *sandboxtoken.Signer, reg *prometheus.Registry, log *slog.Logger) []control.RouteGroup {
 	return nil
 }
 
