@@ -180,7 +180,10 @@ func TestWrites(t *testing.T) {
 	assert.EqualValues(t, 0, count(func() error { return r.b.EnsureAgent(r.ctx(), agent) }), "EnsureAgent again (lapd restart)")
 
 	var sb, older sandboxes.Sandbox
-	assert.EqualValues(t, 1, count(func() (err error) { older, err = r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleWarm)); return err }), "Provision")
+	assert.EqualValues(t, 1, count(func() (err error) {
+		older, err = r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleWarm))
+		return err
+	}), "Provision")
 	assert.EqualValues(t, 1, count(func() (err error) { sb, err = r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleWarm)); return err }), "Provision")
 
 	// A warm claim is the control plane's bbolt and an HTTP call to the

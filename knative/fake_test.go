@@ -221,8 +221,8 @@ func (f *fakeKnative) reconcileAll(ctx context.Context) {
 	f.reconcileMu.Lock()
 	defer f.reconcileMu.Unlock()
 	svcs, _ := f.services.List(labels.Everything())
-	routed := map[string]string{}   // revision → token, of every routed tag
-	hosts := map[string]string{}    // tag host → revision
+	routed := map[string]string{} // revision → token, of every routed tag
+	hosts := map[string]string{}  // tag host → revision
 	routes := map[string]map[string]string{}
 	for _, svc := range svcs {
 		if svc.DeletionTimestamp != nil {
