@@ -19,16 +19,16 @@ import (
 	"lap.dev/lap/sandboxes"
 )
 
-// TestRBAC applies config/deploy's namespaces, ServiceAccount and Role,
+// TestRBAC applies config/deploy (namespaces, lapd, its ServiceAccount and
+// Role),
 // runs the backend's whole lifecycle as lapd's ServiceAccount, and checks
 // that what the Role does not grant is refused.
 func TestRBAC(t *testing.T) {
 	t.Parallel()
 	srv := apiServer(t)
-	objs, err := kubeapitest.ReadManifests(
-		filepath.Join("..", "config", "deploy", "00-namespaces.yaml"),
-		filepath.Join("..", "config", "deploy", "10-rbac.yaml"),
-	)
+	// The whole of config/deploy: the apiserver validates the lapd
+	// Deployment, its volume claim and Service too.
+	objs, err := kubeapitest.ReadManifests(filepath.Join("..", "config", "deploy"))
 	require.NoError(t, err)
 	ctx := t.Context()
 	require.NoError(t, kubeapitest.Apply(ctx, srv.Config, objs...))
