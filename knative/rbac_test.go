@@ -20,9 +20,8 @@ import (
 )
 
 // TestRBAC applies config/deploy (namespaces, lapd, its ServiceAccount and
-// Role),
-// runs the backend's whole lifecycle as lapd's ServiceAccount, and checks
-// that what the Role does not grant is refused.
+// Role), runs the backend's whole lifecycle as lapd's ServiceAccount, and
+// checks that what the Role does not grant is refused.
 func TestRBAC(t *testing.T) {
 	t.Parallel()
 	srv := apiServer(t)
