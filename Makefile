@@ -16,7 +16,7 @@ KUBEAPI_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBEAPI_VERSION
 	-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34
 KUBEAPI_SRC     := $(wildcard e2e/kubeapi/*.go) e2e/kubeapi/go.mod e2e/kubeapi/go.sum
 
-.PHONY: all build run test test-unit bench lint clean kubeapi
+.PHONY: all build run test test-unit bench lint clean kubeapi kind-up kind-deploy e2e-kind kind-lint
 
 all: build
 
@@ -41,6 +41,25 @@ bench: build $(KUBEAPI)
 kubeapi: $(KUBEAPI)
 $(KUBEAPI): $(KUBEAPI_SRC)
 	cd e2e/kubeapi && $(GO) build -ldflags '$(KUBEAPI_LDFLAGS)' -o $(KUBEAPI) .
+
+# --- Knative: quickstart on kind (needs docker, kind, kubectl, ko, kn and
+# the internet; see the README's "lap on Knative") -------------------------
+## kind-up: kind cluster with Knative Serving 1.15, Kourier and sslip.io
+kind-up:
+	e2e/kind/up.sh
+
+## kind-deploy: build and load lap's images, patch Knative, apply config/deploy
+kind-deploy:
+	e2e/kind/deploy.sh
+
+## e2e-kind: agent, session and message through the cluster; idle to zero and back
+e2e-kind:
+	e2e/kind/e2e.sh
+
+## kind-lint: shellcheck and bash -n the kind scripts (runs anywhere)
+kind-lint:
+	shellcheck -x e2e/kind/*.sh
+	for f in e2e/kind/*.sh; do bash -n $$f; done
 
 ## lint: formatting and vet
 lint:
