@@ -1,6 +1,8 @@
 package knative
 
 import (
+	"log/slog"
+	"path/filepath"
 	"slices"
 	"testing"
 
@@ -9,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/client-go/rest"
 
 	"lap.dev/lap/config"
 	"lap.dev/lap/sandboxes"
@@ -108,4 +111,16 @@ func TestParamsFromConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestNewFailsClearly(t *testing.T) {
+	t.Parallel()
+	cfg := loadConfig(t, map[string]string{})
+	// A port nothing listens on: connection refused at once.
+	_, err := NewForConfig(t.Context(), cfg, slog.New(slog.DiscardHandler), &rest.Config{Host: "http://127.0.0.1:1"})
+	require.ErrorContains(t, err, "reach the Kubernetes API")
+
+	cfg.Knative.Kubeconfig = filepath.Join(t.TempDir(), "missing")
+	_, err = New(t.Context(), cfg, slog.New(slog.DiscardHandler))
+	require.ErrorContains(t, err, "KNATIVE_KUBECONFIG")
 }
