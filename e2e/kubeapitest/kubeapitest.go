@@ -72,6 +72,13 @@ type Server struct {
 	Kubeconfig string
 	// Config is the admin client config.
 	Config *rest.Config
+	// CAFile is the apiserver's serving certificate chain (its CA
+	// included), e.g. a controller-manager's --root-ca-file.
+	CAFile string
+	// ServiceAccountKeyFile is the key ServiceAccount tokens are signed
+	// with, e.g. a controller-manager's
+	// --service-account-private-key-file.
+	ServiceAccountKeyFile string
 
 	cmd     *exec.Cmd
 	done    chan struct{}
@@ -129,6 +136,8 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		s.Dir, s.ownDir = dir, true
 	}
 	s.Kubeconfig = filepath.Join(s.Dir, "kubeconfig")
+	s.CAFile = filepath.Join(s.Dir, "certs", "apiserver.crt")
+	s.ServiceAccountKeyFile = filepath.Join(s.Dir, "sa.key")
 	// A kubeconfig left by an earlier run in the same Dir is stale.
 	if err := os.Remove(s.Kubeconfig); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
