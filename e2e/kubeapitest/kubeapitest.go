@@ -58,7 +58,8 @@ type Options struct {
 	Dir string
 	// Tokens are extra users the apiserver authenticates.
 	Tokens []Token
-	// Args are extra kube-apiserver flags; they override the rig's.
+	// Args are extra kube-apiserver flags, parsed after the rig's: one
+	// given again overrides a single value and adds to a list.
 	Args []string
 	// Timeout bounds the start; 0 = two minutes.
 	Timeout time.Duration
