@@ -6,6 +6,7 @@ import (
 	"log/slog"
 
 	"lap.dev/lap/config"
+	"lap.dev/lap/knative"
 	"lap.dev/lap/sandboxes"
 )
 
@@ -20,7 +21,7 @@ func newBackend(ctx context.Context, cfg config.Config, log *slog.Logger) (sandb
 	case "local":
 		return nil, fmt.Errorf("LAP_BACKEND=local: this lapd was built without the local sandbox backend (sandboxes/local)")
 	case "knative":
-		return nil, fmt.Errorf("LAP_BACKEND=knative: this lapd was built without the Knative backend (knative/)")
+		return knative.New(ctx, cfg, log)
 	}
 	return nil, fmt.Errorf("LAP_BACKEND=%q: unknown backend; use local or knative", cfg.Backend)
 }
