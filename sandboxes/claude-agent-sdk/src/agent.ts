@@ -4,6 +4,7 @@
 import { join } from "node:path";
 import type { Options, Query, SDKMessage } from "@anthropic-ai/claude-agent-sdk";
 import { sdkModel, stateDir, type Config } from "./config.js";
+import { HttpError } from "./errors.js";
 import type { Bus } from "./events.js";
 import { newId } from "./ids.js";
 import type { Logger } from "./log.js";
@@ -11,26 +12,15 @@ import {
   EventSessionError,
   EventSessionIdle,
   RoleUser,
-  messageText,
   type CreateSessionRequest,
   type Message,
   type SendMessageRequest,
   type SessionInfo,
 } from "./protocol.js";
 import type { SessionRecord, Store } from "./store.js";
+import { historyPrompt } from "./history.js";
 import { Turn, type SDKLike } from "./turn.js";
 import type { Workspace } from "./workspace.js";
-
-/** HttpError is an error with the HTTP status the API answers it with. */
-export class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
-}
 
 /** The SDK's query(), injectable so tests can script the SDK's messages. */
 export type QueryFn = (params: { prompt: string; options: Options }) => AsyncIterable<SDKMessage> | Query;
@@ -264,27 +254,6 @@ function seeded(m: Message, sessionID: string): Message {
     },
     parts: (m.parts ?? []).map((p) => ({ ...p, sessionID, messageID: id })),
   };
-}
-
-/**
- * historyPrompt carries a conversation restored on a fresh workspace into
- * the SDK's first turn. The SDK has no supported way to import a foreign
- * transcript, so the earlier turns' text goes in front of the new message.
- */
-export function historyPrompt(history: Message[], text: string): string {
-  const turns = history
-    .map((m) => ({ role: m.info.role, text: messageText(m).trim() }))
-    .filter((t) => t.text && (t.role === "user" || t.role === "assistant"))
-    .map((t) => `<${t.role}>\n${t.text}\n</${t.role}>`);
-  if (turns.length === 0) return text;
-  return (
-    "<conversation_history>\n" +
-    "This session continues an earlier conversation whose sandbox was replaced. " +
-    "The earlier turns were:\n\n" +
-    turns.join("\n\n") +
-    "\n</conversation_history>\n\n" +
-    text
-  );
 }
 
 /**

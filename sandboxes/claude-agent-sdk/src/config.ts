@@ -40,7 +40,7 @@ const loopback = new Set(["127.0.0.1", "localhost", "::1"]);
  * loadConfig reads the settings from env. It returns every problem at once
  * so a misconfigured sandbox says all that is wrong in one log line.
  */
-export function loadConfig(env: NodeJS.ProcessEnv): Config {
+export function loadConfig(env: NodeJS.ProcessEnv, harness = "claude-agent-sdk"): Config {
   const problems: string[] = [];
   const get = (k: string, def = "") => (env[k] ?? "").trim() || def;
 
@@ -57,7 +57,7 @@ export function loadConfig(env: NodeJS.ProcessEnv): Config {
     host = "127.0.0.1";
   }
 
-  const workspace = resolve(get("WORKSPACE", join(homedir(), ".lap", "harness-claude-agent-sdk")));
+  const workspace = resolve(get("WORKSPACE", join(homedir(), ".lap", `harness-${harness}`)));
   const given = get("REPO_DIR");
   const repoDir = given ? resolve(given) : join(workspace, "repo");
 

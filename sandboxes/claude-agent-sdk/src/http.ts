@@ -1,7 +1,8 @@
 // The HTTP face of the harness (ARCHITECTURE §5), on plain node:http.
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { timingSafeEqual } from "node:crypto";
-import { Agent, HttpError } from "./agent.js";
+import type { Agent } from "./agent.js";
+import { HttpError } from "./errors.js";
 import { serveEvents, type Bus } from "./events.js";
 import type { Logger } from "./log.js";
 import type { CreateSessionRequest, Identity, SendMessageRequest } from "./protocol.js";
@@ -105,11 +106,11 @@ async function route(d: Deps, req: IncomingMessage, res: ServerResponse): Promis
   throw notAllowed(method, path);
 }
 
-function notAllowed(method: string, path: string): HttpError {
+export function notAllowed(method: string, path: string): HttpError {
   return new HttpError(405, "method_not_allowed", `${method} is not allowed on ${path}`);
 }
 
-function authorized(req: IncomingMessage, token: string): boolean {
+export function authorized(req: IncomingMessage, token: string): boolean {
   if (!token) return true;
   const h = req.headers.authorization ?? "";
   const want = Buffer.from(`Bearer ${token}`);
@@ -117,7 +118,7 @@ function authorized(req: IncomingMessage, token: string): boolean {
   return got.length === want.length && timingSafeEqual(got, want);
 }
 
-async function readJSON(req: IncomingMessage): Promise<unknown> {
+export async function readJSON(req: IncomingMessage): Promise<unknown> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const c of req) {
@@ -139,7 +140,7 @@ async function readJSON(req: IncomingMessage): Promise<unknown> {
   return v;
 }
 
-function sendJSON(res: ServerResponse, status: number, body: unknown): void {
+export function sendJSON(res: ServerResponse, status: number, body: unknown): void {
   const data = JSON.stringify(body);
   res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(data) });
   res.end(data);
