@@ -122,19 +122,19 @@ type List[T any] struct {
 
 // Error codes, one per HTTP status family.
 const (
-	CodeBadRequest       = "bad_request"        // 400
-	CodeUnauthorized     = "unauthorized"       // 401
-	CodeNotFound         = "not_found"          // 404
-	CodeConflict         = "conflict"           // 409
-	CodeTooLarge         = "payload_too_large"  // 413
-	CodeUnsupportedMedia = "unsupported_media"  // 415
-	CodeUnprocessable    = "unprocessable"      // 422
-	CodeTooManyRequests  = "too_many_requests"  // 429
-	CodeInternal         = "internal"           // 500
-	CodeHarness          = "harness_error"      // 502
-	CodeUnavailable      = "unavailable"        // 503
-	CodeTimeout          = "timeout"            // 504
-	CodeBudgetExceeded   = "budget_exceeded"    // 402 on the gateway, in info.error on turns
+	CodeBadRequest       = "bad_request"       // 400
+	CodeUnauthorized     = "unauthorized"      // 401
+	CodeNotFound         = "not_found"         // 404
+	CodeConflict         = "conflict"          // 409
+	CodeTooLarge         = "payload_too_large" // 413
+	CodeUnsupportedMedia = "unsupported_media" // 415
+	CodeUnprocessable    = "unprocessable"     // 422
+	CodeTooManyRequests  = "too_many_requests" // 429
+	CodeInternal         = "internal"          // 500
+	CodeHarness          = "harness_error"     // 502
+	CodeUnavailable      = "unavailable"       // 503
+	CodeTimeout          = "timeout"           // 504
+	CodeBudgetExceeded   = "budget_exceeded"   // 402 on the gateway, in info.error on turns
 )
 
 // ErrorBody is the body of every error response:

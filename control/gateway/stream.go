@@ -1,0 +1,171 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+
+	"github.com/anthropics/anthropic-sdk-go/v2"
+	"github.com/tidwall/gjson"
+)
+
+// errClientGone reports that the client stopped reading the stream.
+var errClientGone = errors.New("client went away")
+
+// relayEvents copies server-sent events from r to w one event at a time,
+// flushing after each so the client sees it at once; keep deciding which
+// to forward. It returns errClientGone if writing to the client fails, or
+// the error that ended reading r (nil at a clean EOF).
+func relayEvents(w *bufio.Writer, r io.Reader, keep func(ev []byte) bool) error {
+	br := bufio.NewReaderSize(r, 32<<10)
+	var ev []byte
+	emit := func() error {
+		defer func() { ev = ev[:0] }()
+		if !keep(ev) {
+			return nil
+		}
+		if _, err := w.Write(ev); err != nil {
+			return errClientGone
+		}
+		if err := w.Flush(); err != nil {
+			return errClientGone
+		}
+		return nil
+	}
+	for {
+		line, err := br.ReadSlice('\n')
+		ev = append(ev, line...)
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue // a long line: keep reading it
+		}
+		if err != nil {
+			if len(ev) > 0 {
+				if werr := emit(); werr != nil {
+					return werr
+				}
+			}
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if isBlank(line) {
+			if err := emit(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func isBlank(line []byte) bool {
+	return len(line) == 1 || (len(line) == 2 && line[0] == '\r')
+}
+
+// eventFields returns an event's name (its "event:" line) and its data
+// (the "data:" lines, joined by newlines as the SSE spec says).
+func eventFields(ev []byte) (name string, data []byte) {
+	multi := false
+	for len(ev) > 0 {
+		var line []byte
+		line, ev, _ = bytes.Cut(ev, []byte("\n"))
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		switch {
+		case bytes.HasPrefix(line, []byte("data:")):
+			v := bytes.TrimPrefix(bytes.TrimPrefix(line, []byte("data:")), []byte(" "))
+			if data != nil {
+				if !multi {
+					data = append([]byte(nil), data...)
+					multi = true
+				}
+				data = append(append(data, '\n'), v...)
+			} else {
+				data = v
+			}
+		case bytes.HasPrefix(line, []byte("event:")):
+			name = string(bytes.TrimSpace(line[len("event:"):]))
+		}
+	}
+	return name, data
+}
+
+// openAIStream reads usage from the chunk that carries it (the last one,
+// when stream_options.include_usage is set) and drops the usage-only
+// chunk if the gateway asked for it on the client's behalf.
+type openAIStream struct {
+	dropUsageChunk bool
+	u              Usage
+	seen           bool
+}
+
+func (s *openAIStream) event(ev []byte) bool {
+	_, data := eventFields(ev)
+	// Most chunks carry "usage":null or no usage at all: skip parsing them.
+	if !bytes.Contains(data, []byte(`"usage"`)) {
+		return true
+	}
+	u := gjson.GetBytes(data, "usage")
+	usage, ok := openAIUsage(u)
+	if !ok {
+		return true
+	}
+	s.u, s.seen = usage, true
+	choices := gjson.GetBytes(data, "choices")
+	return !(s.dropUsageChunk && (!choices.Exists() || (choices.IsArray() && len(choices.Array()) == 0)))
+}
+
+func (s *openAIStream) usage() (Usage, bool) { return s.u, s.seen }
+
+// anthropicStream reads usage from message_start (input and cache
+// counters) and message_delta (cumulative output, and input counters when
+// the upstream sends them there).
+type anthropicStream struct {
+	input, cacheWrite, cacheRead, output int64
+	seen                                 bool
+}
+
+func (s *anthropicStream) event(ev []byte) bool {
+	name, data := eventFields(ev)
+	if name == "" && len(data) > 0 {
+		name = gjson.GetBytes(data, "type").Str
+	}
+	switch name {
+	case "message_start":
+		var start struct {
+			Message struct {
+				Usage anthropic.Usage `json:"usage"`
+			} `json:"message"`
+		}
+		if json.Unmarshal(data, &start) == nil {
+			u := start.Message.Usage
+			s.input, s.cacheWrite, s.cacheRead, s.output = u.InputTokens, u.CacheCreationInputTokens, u.CacheReadInputTokens, u.OutputTokens
+			s.seen = true
+		}
+	case "message_delta":
+		var delta struct {
+			Usage anthropic.MessageDeltaUsage `json:"usage"`
+		}
+		if json.Unmarshal(data, &delta) == nil {
+			u := delta.Usage
+			if u.JSON.OutputTokens.Valid() {
+				s.output = u.OutputTokens
+			}
+			if u.JSON.InputTokens.Valid() && u.InputTokens > 0 {
+				s.input = u.InputTokens
+			}
+			if u.JSON.CacheCreationInputTokens.Valid() && u.CacheCreationInputTokens > 0 {
+				s.cacheWrite = u.CacheCreationInputTokens
+			}
+			if u.JSON.CacheReadInputTokens.Valid() && u.CacheReadInputTokens > 0 {
+				s.cacheRead = u.CacheReadInputTokens
+			}
+			s.seen = true
+		}
+	}
+	return true
+}
+
+func (s *anthropicStream) usage() (Usage, bool) {
+	return anthropicUsage(s.input, s.cacheWrite, s.cacheRead, s.output), s.seen
+}
