@@ -1,6 +1,7 @@
 package claudeagentsdk_test
 
 import (
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"lap.dev/lap/control/gateway/mockllm"
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/sandboxes/protocol"
 )
@@ -200,4 +202,26 @@ func TestOpencodeHistorySeeding(t *testing.T) {
 	for _, r := range f.Requests() {
 		assert.Equal(t, "mock/tools", r.Model, "lap's model name reaches the gateway whole")
 	}
+}
+
+// TestOpencodeWithMockModel: lapd's offline demo model mock/tools drives
+// opencode through the gateway's OpenAI format: bash with ls, then the answer.
+func TestOpencodeWithMockModel(t *testing.T) {
+	entry := built(t, "opencode.js")
+	srv := httptest.NewServer(mockllm.Handler())
+	t.Cleanup(srv.Close)
+	h := startHarness(t, entry, t.TempDir(), map[string]string{
+		"REPO_URL":         gitRepo(t),
+		"LAP_MODEL":        mockllm.Tools,
+		"LITELLM_API_BASE": srv.URL,
+		"LITELLM_API_KEY":  "lapsb_test",
+	})
+	session := h.newSession(protocol.CreateSessionRequest{Title: "demo"})
+	m := h.send(session, "What is in this repo?")
+	require.Nil(t, m.Info.Error)
+	tools := parts(m, protocol.PartTool)
+	require.NotEmpty(t, tools)
+	assert.Equal(t, protocol.ToolCompleted, tools[0].State.Status)
+	assert.Contains(t, tools[0].State.Output, "README.md")
+	assert.Contains(t, m.Text(), "README.md")
 }

@@ -3,6 +3,7 @@ package claudeagentsdk_test
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"lap.dev/lap/control/gateway/mockllm"
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/sandboxes/protocol"
 )
@@ -291,4 +293,28 @@ func httpGet(url string) (int, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// TestClaudeAgentSDKWithMockModel: lapd's offline demo model mock/tools
+// (served here by the gateway's mock over real HTTP) drives the SDK: it
+// calls Claude Code's Bash tool with ls and answers with what came back.
+func TestClaudeAgentSDKWithMockModel(t *testing.T) {
+	entry := built(t, "server.js")
+	srv := httptest.NewServer(mockllm.Handler())
+	t.Cleanup(srv.Close)
+	h := startHarness(t, entry, t.TempDir(), map[string]string{
+		"REPO_URL":         gitRepo(t),
+		"LAP_MODEL":        mockllm.Tools,
+		"LITELLM_API_BASE": srv.URL,
+		"LITELLM_API_KEY":  "lapsb_test",
+	})
+	session := h.newSession(protocol.CreateSessionRequest{})
+	m := h.send(session, "What is in this repo?")
+	require.Nil(t, m.Info.Error)
+	tools := parts(m, protocol.PartTool)
+	require.Len(t, tools, 1)
+	assert.Equal(t, "bash", tools[0].Tool)
+	assert.Equal(t, protocol.ToolCompleted, tools[0].State.Status)
+	assert.Contains(t, tools[0].State.Output, "README.md")
+	assert.Contains(t, m.Text(), "README.md")
 }
