@@ -33,7 +33,7 @@ const token = "harness-secret"
 
 // harness is one running harness process.
 type harness struct {
-	t         *testing.T
+	t         testing.TB
 	url       string
 	workspace string
 	cmd       *exec.Cmd
@@ -60,7 +60,7 @@ func (s *syncBuffer) String() string {
 
 // built returns the path of a compiled entry point, failing with the fix
 // when the TypeScript has not been built.
-func built(t *testing.T, name string) string {
+func built(t testing.TB, name string) string {
 	t.Helper()
 	p, err := filepath.Abs(filepath.Join("dist", name))
 	require.NoError(t, err)
@@ -70,7 +70,7 @@ func built(t *testing.T, name string) string {
 	return p
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -80,7 +80,7 @@ func freePort(t *testing.T) int {
 
 // startHarness runs `node entry` with the sandbox environment lapd gives,
 // on workspace, and waits until GET / says ready.
-func startHarness(t *testing.T, entry, workspace string, env map[string]string) *harness {
+func startHarness(t testing.TB, entry, workspace string, env map[string]string) *harness {
 	t.Helper()
 	port := freePort(t)
 	cmd := exec.Command("node", entry)
@@ -246,7 +246,7 @@ func (h *harness) subscribe() *events {
 
 // wait returns the first event (in order) satisfying ok, waiting up to 3
 // minutes for it.
-func (e *events) wait(t *testing.T, ok func(protocol.Event) bool) protocol.Event {
+func (e *events) wait(t testing.TB, ok func(protocol.Event) bool) protocol.Event {
 	t.Helper()
 	deadline := time.After(3 * time.Minute)
 	for {
@@ -285,7 +285,7 @@ func (e *events) of(session string) []protocol.Event {
 }
 
 // gitRepo makes a repository with README.md on branch main to clone.
-func gitRepo(t *testing.T) string {
+func gitRepo(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	run := func(args ...string) {
