@@ -32,7 +32,7 @@ func opencodeScript(readme string) fakellm.Responder {
 			case 1:
 				return fakellm.CallTool("edit", map[string]any{"filePath": readme, "oldString": "hello world", "newString": "hello from the agent"})
 			case 2:
-				return fakellm.CallTool("bash", map[string]any{"command": "git diff --stat && grep -c agent README.md", "description": "Show the change"})
+				return fakellm.CallTool("bash", map[string]any{"command": "git diff --stat && grep -c agent README.md && echo secrets=${HARNESS_AUTH_TOKEN:-none}/${GIT_TOKEN:-none}", "description": "Show the change"})
 			default:
 				return fakellm.Text("I edited README.md.")
 			}
@@ -65,6 +65,7 @@ func TestOpencodeHarness(t *testing.T) {
 	env := map[string]string{
 		"REPO_URL":         gitRepo(t),
 		"BRANCH":           "main",
+		"GIT_TOKEN":        "git-secret",
 		"AGENT_PROMPT":     "You are a careful engineer.",
 		"LAP_MODEL":        "anthropic/claude-sonnet-4-5",
 		"LITELLM_API_BASE": f.URL() + "/llm",
@@ -88,6 +89,7 @@ func TestOpencodeHarness(t *testing.T) {
 		assert.Equal(t, protocol.ToolCompleted, tools[i].State.Status, "%s: %+v", want, tools[i].State)
 	}
 	assert.Contains(t, tools[2].State.Output, "README.md")
+	assert.Contains(t, tools[2].State.Output, "secrets=none/none", "the agent sees no harness or git token")
 	assert.Contains(t, m.Text(), "I edited README.md.")
 	assert.Positive(t, m.Info.Tokens.Input)
 	onDisk, err := os.ReadFile(readme)

@@ -41,7 +41,7 @@ func sdkScript(readme string) fakellm.Responder {
 			case 1:
 				return fakellm.CallTool("Edit", map[string]any{"file_path": readme, "old_string": "hello world", "new_string": "hello from the agent"})
 			case 2:
-				return fakellm.CallTool("Bash", map[string]any{"command": "git diff --stat && grep -c agent README.md", "description": "Show the change"})
+				return fakellm.CallTool("Bash", map[string]any{"command": "git diff --stat && grep -c agent README.md && echo secrets=${HARNESS_AUTH_TOKEN:-none}/${GIT_TOKEN:-none}", "description": "Show the change"})
 			default:
 				return fakellm.Text("I edited README.md.")
 			}
@@ -83,6 +83,7 @@ func TestClaudeAgentSDKHarness(t *testing.T) {
 	env := map[string]string{
 		"REPO_URL":         gitRepo(t),
 		"BRANCH":           "main",
+		"GIT_TOKEN":        "git-secret",
 		"AGENT_PROMPT":     "You are a careful engineer.",
 		"LAP_MODEL":        "anthropic/claude-sonnet-4-5",
 		"LITELLM_API_BASE": f.URL() + "/llm",
@@ -117,6 +118,7 @@ func TestClaudeAgentSDKHarness(t *testing.T) {
 	}
 	assert.JSONEq(t, `{"file_path":"`+readme+`"}`, string(tools[0].State.Input))
 	assert.Contains(t, tools[2].State.Output, "README.md")
+	assert.Contains(t, tools[2].State.Output, "secrets=none/none", "the agent sees no harness or git token")
 	assert.Contains(t, tools[2].State.Title, "git diff --stat")
 	assert.Contains(t, m.Text(), "Let me read it first.")
 	assert.Contains(t, m.Text(), "I edited README.md.")

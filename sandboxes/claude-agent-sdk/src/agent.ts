@@ -3,7 +3,7 @@
 // sandbox is the boundary; DESIGN.md says why and how that works as root).
 import { join } from "node:path";
 import type { Options, Query, SDKMessage } from "@anthropic-ai/claude-agent-sdk";
-import { sdkModel, stateDir, type Config } from "./config.js";
+import { agentEnv, sdkModel, stateDir, type Config } from "./config.js";
 import { HttpError } from "./errors.js";
 import type { Bus } from "./events.js";
 import { newId } from "./ids.js";
@@ -258,16 +258,14 @@ function seeded(m: Message, sessionID: string): Message {
 
 /**
  * sdkEnv is the whole environment of the Claude Code process (the SDK
- * replaces, not merges, when given one): the harness's own minus its auth
- * token, the gateway as the Anthropic API, every model slot on the agent's
+ * replaces, not merges, when given one): the harness's own minus its
+ * secrets, the gateway as the Anthropic API, every model slot on the agent's
  * model, state inside the workspace, and no traffic but the LLM's.
  */
 export function sdkEnv(cfg: Config, model: string, version: string): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(process.env)) if (v !== undefined) env[k] = v;
-  // The agent runs arbitrary commands; it has no business with the token
-  // that guards its own harness.
-  delete env.HARNESS_AUTH_TOKEN;
+  // The agent runs arbitrary commands; it has no business with the tokens
+  // that guard its harness or its repo.
+  const env = agentEnv(process.env);
   const state = stateDir(cfg);
   env.HOME = join(state, "home");
   env.CLAUDE_CONFIG_DIR = join(state, "claude");

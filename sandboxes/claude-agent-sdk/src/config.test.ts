@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { gatewayRoot, loadConfig, sdkModel } from "./config.js";
+import { agentEnv, gatewayRoot, loadConfig, sdkModel } from "./config.js";
 
 test("gatewayRoot strips slashes and a final /v1", () => {
   const cases: [string, string][] = [
@@ -56,4 +56,13 @@ test("loadConfig reports every problem", () => {
     (err: Error) =>
       err.message.includes("PORT") && err.message.includes("HARNESS_HOST") && err.message.includes("LITELLM_API_BASE"),
   );
+});
+
+test("agentEnv drops the sandbox's secrets and adds non-interactive defaults", () => {
+  const env = agentEnv({ PATH: "/bin", HARNESS_AUTH_TOKEN: "h", GIT_TOKEN: "g", LITELLM_API_KEY: "k", GIT_AUTHOR_NAME: "Ada" });
+  assert.equal(env.PATH, "/bin");
+  for (const k of ["HARNESS_AUTH_TOKEN", "GIT_TOKEN", "LITELLM_API_KEY"]) assert.equal(env[k], undefined, k);
+  assert.equal(env.GIT_AUTHOR_NAME, "Ada", "the environment wins over the defaults");
+  assert.equal(env.GIT_COMMITTER_EMAIL, "agent@lap.invalid");
+  assert.equal(env.GIT_PAGER, "cat");
 });

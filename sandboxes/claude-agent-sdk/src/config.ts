@@ -18,6 +18,8 @@ export interface Config {
   repoGiven: boolean;
   repoURL: string;
   branch: string;
+  /** Token for cloning a private repo over HTTPS; used for the clone only. */
+  gitToken: string;
   /** The agent's system prompt (AGENT_PROMPT). */
   agentPrompt: string;
   /** The agent's model as lap names it, e.g. anthropic/claude-sonnet-4-5. */
@@ -90,6 +92,7 @@ export function loadConfig(env: NodeJS.ProcessEnv, harness = "claude-agent-sdk")
     repoGiven: given !== "",
     repoURL: get("REPO_URL"),
     branch: get("BRANCH"),
+    gitToken: get("GIT_TOKEN"),
     agentPrompt: env.AGENT_PROMPT ?? "",
     model: get("LAP_MODEL"),
     anthropicBaseURL,
@@ -123,4 +126,33 @@ export function sdkModel(name: string): string {
 export function modelName(ref: { providerID?: string; modelID?: string } | undefined): string {
   if (!ref || !ref.modelID) return "";
   return ref.providerID ? `${ref.providerID}/${ref.modelID}` : ref.modelID;
+}
+
+/**
+ * Secrets of the sandbox that nothing the agent runs may see: the token
+ * that guards the harness, the clone token, and the gateway key (the SDK
+ * gets it under its own name, ANTHROPIC_API_KEY).
+ */
+export const secretEnv = ["HARNESS_AUTH_TOKEN", "GIT_TOKEN", "LITELLM_API_KEY"];
+
+/**
+ * agentEnv is the environment of the agent's processes: the harness's own
+ * without the secrets, plus what a non-interactive agent needs (no pagers
+ * or prompts, an identity for commits) unless the environment says
+ * otherwise. Same defaults as lap's Go harness.
+ */
+export function agentEnv(env: NodeJS.ProcessEnv): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && !secretEnv.includes(k)) out[k] = v;
+  const defaults: Record<string, string> = {
+    PAGER: "cat",
+    GIT_PAGER: "cat",
+    GIT_TERMINAL_PROMPT: "0",
+    GIT_AUTHOR_NAME: "lap agent",
+    GIT_AUTHOR_EMAIL: "agent@lap.invalid",
+    GIT_COMMITTER_NAME: "lap agent",
+    GIT_COMMITTER_EMAIL: "agent@lap.invalid",
+  };
+  for (const [k, v] of Object.entries(defaults)) out[k] ??= v;
+  return out;
 }

@@ -10,7 +10,7 @@ import { createServer, request, type IncomingMessage, type ServerResponse } from
 import { createServer as createNetServer } from "node:net";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { loadConfig, stateDir, type Config } from "./config.js";
+import { agentEnv, loadConfig, stateDir, type Config } from "./config.js";
 import { HttpError } from "./errors.js";
 import { Bus, serveEvents } from "./events.js";
 import { historyPrompt } from "./history.js";
@@ -372,8 +372,11 @@ async function main(): Promise<number> {
     if (!workspace.ready) return;
     const port = await freePort();
     const password = randomBytes(24).toString("base64url");
+    // opencode reads the gateway key from LITELLM_API_KEY ({env:…} in its
+    // config); the other secrets stay out of the agent's reach.
     const env: NodeJS.ProcessEnv = {
-      ...process.env,
+      ...agentEnv(process.env),
+      LITELLM_API_KEY: cfg.anthropicAPIKey,
       HOME: join(state, "home"),
       XDG_CONFIG_HOME: join(ocState, "config"),
       XDG_DATA_HOME: join(ocState, "data"),
@@ -388,7 +391,6 @@ async function main(): Promise<number> {
       OPENCODE_DISABLE_DEFAULT_PLUGINS: "1",
       OPENCODE_DISABLE_EMBEDDED_WEB_UI: "1",
     };
-    delete env.HARNESS_AUTH_TOKEN;
     child = spawn(bin, ["serve", "--port", String(port), "--hostname", "127.0.0.1"], { cwd: cfg.repoDir, env, stdio: ["ignore", "pipe", "pipe"] });
     child.stdout?.on("data", (d: Buffer) => log.debug("opencode", { out: d.toString().trimEnd() }));
     child.stderr?.on("data", (d: Buffer) => log.debug("opencode", { err: d.toString().trimEnd() }));

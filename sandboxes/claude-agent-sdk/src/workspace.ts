@@ -4,7 +4,7 @@
 import { spawn } from "node:child_process";
 import { mkdirSync, renameSync, rmSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
-import type { Config } from "./config.js";
+import { agentEnv, type Config } from "./config.js";
 import type { Logger } from "./log.js";
 
 /** Workspace tracks the preparation of the repo directory. */
@@ -59,23 +59,64 @@ async function prepareRepo(cfg: Config, log: Logger, progress: (line: string) =>
   const tmp = join(cfg.workspace, ".lap", "clone.tmp");
   rmSync(tmp, { recursive: true, force: true });
   mkdirSync(dirname(tmp), { recursive: true });
-  const args = ["clone", "--progress"];
+  // Shallow, as lap's Go harness clones: a sandbox needs the tree, and a
+  // big history would make every cold start slow.
+  const args = ["clone", "--progress", "--depth", "1"];
   if (cfg.branch) args.push("--branch", cfg.branch);
   args.push("--", cfg.repoURL, tmp);
-  progress(`cloning ${cfg.repoURL}${cfg.branch ? ` (${cfg.branch})` : ""}`);
-  log.info("cloning repo", { url: cfg.repoURL, branch: cfg.branch });
-  await git(args, progress);
+  const what = `${redactURL(cfg.repoURL)}${cfg.branch ? ` (branch ${cfg.branch})` : ""}`;
+  progress(`cloning ${what}`);
+  log.info("cloning repo", { url: redactURL(cfg.repoURL), branch: cfg.branch });
+  try {
+    await git(args, cfg.gitToken, (line) => progress(redact(line, cfg.gitToken)));
+  } catch (err) {
+    let msg = redact((err as Error).message, cfg.gitToken);
+    if (msg.includes("could not read Username")) {
+      msg += cfg.gitToken ? " (the git server did not accept GIT_TOKEN)" : " (the repository needs credentials: set GIT_TOKEN)";
+    }
+    throw new Error(`git clone ${what}: ${msg}`);
+  }
   renameSync(tmp, cfg.repoDir);
   progress("repo ready");
 }
 
-function git(args: string[], progress: (line: string) => void): Promise<void> {
+/**
+ * gitEnv is the clone's environment: no secrets, never prompting (nobody is
+ * there to type a password), and the token, when given, as an HTTP
+ * Authorization header through GIT_CONFIG_* variables of this one process,
+ * so it is not on the command line, not in the clone's .git/config and not
+ * in any later process.
+ */
+export function gitEnv(env: NodeJS.ProcessEnv, token: string): Record<string, string> {
+  const out = agentEnv(env);
+  out.GIT_TERMINAL_PROMPT = "0";
+  if (!token) return out;
+  const n = Number(out.GIT_CONFIG_COUNT ?? "0") || 0;
+  out[`GIT_CONFIG_KEY_${n}`] = "http.extraHeader";
+  out[`GIT_CONFIG_VALUE_${n}`] = "Authorization: Basic " + Buffer.from(`x-access-token:${token}`).toString("base64");
+  out.GIT_CONFIG_COUNT = String(n + 1);
+  return out;
+}
+
+/** redactURL hides a password in a URL's user info. */
+export function redactURL(raw: string): string {
+  try {
+    const u = new URL(raw);
+    if (!u.password) return raw;
+    u.password = "xxxxx";
+    return u.toString();
+  } catch {
+    return raw;
+  }
+}
+
+function redact(s: string, secret: string): string {
+  return secret ? s.split(secret).join("[redacted]") : s;
+}
+
+function git(args: string[], token: string, progress: (line: string) => void): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn("git", args, {
-      stdio: ["ignore", "ignore", "pipe"],
-      // A sandbox has nobody to type a password: fail instead of waiting.
-      env: { ...process.env, GIT_TERMINAL_PROMPT: "0" },
-    });
+    const child = spawn("git", args, { stdio: ["ignore", "ignore", "pipe"], env: gitEnv(process.env, token) });
     const tail: string[] = [];
     let last = 0;
     let pending = "";
@@ -101,7 +142,7 @@ function git(args: string[], progress: (line: string) => void): Promise<void> {
     child.on("error", (err) => reject(new Error(`git clone: ${err.message}`)));
     child.on("close", (code) => {
       if (code === 0) resolve();
-      else reject(new Error(`git clone exited with status ${code}: ${tail.join(" | ") || "no output"}`));
+      else reject(new Error(tail.join(" | ") || `git exited with status ${code}`));
     });
   });
 }
