@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -319,4 +320,55 @@ func TestClaudeAgentSDKWithMockModel(t *testing.T) {
 	assert.Equal(t, protocol.ToolCompleted, tools[0].State.Status)
 	assert.Contains(t, tools[0].State.Output, "README.md")
 	assert.Contains(t, m.Text(), "README.md")
+}
+
+// TestClaudeAgentSDKCrashMidTurn: a harness killed in the middle of a turn
+// (SIGKILL, nothing saved at the end) comes back on the same workspace with
+// that turn closed as failed, and the next turn still has the conversation.
+func TestClaudeAgentSDKCrashMidTurn(t *testing.T) {
+	entry := built(t, "server.js")
+	f := fakellm.Start(t)
+	ws := t.TempDir()
+	f.Respond(func(r fakellm.Request) fakellm.Reply {
+		if len(r.Tools) == 0 {
+			return fakellm.Text("ok")
+		}
+		prompt, step := turn(r, slowPrompt, askPrompt)
+		switch {
+		case prompt == slowPrompt && step == 0:
+			return fakellm.CallTool("Bash", map[string]any{"command": "echo started > slow.txt && sleep 120 && echo finished >> slow.txt", "description": "Run the slow job"})
+		case prompt == askPrompt && r.Contains(slowPrompt):
+			return fakellm.Text("You asked me to run the slow job.")
+		}
+		return fakellm.Text("I do not remember.")
+	})
+	env := map[string]string{
+		"LAP_MODEL":        "anthropic/claude-sonnet-4-5",
+		"LITELLM_API_BASE": f.URL() + "/llm",
+		"LITELLM_API_KEY":  "lapsb_test",
+	}
+	h := startHarness(t, entry, ws, env)
+	ev := h.subscribe()
+	session := h.newSession(protocol.CreateSessionRequest{})
+	resp := h.request("POST", "/session/"+session+"/prompt_async", protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: slowPrompt + " now."}}})
+	resp.Body.Close()
+	require.Equal(t, http.StatusNoContent, resp.StatusCode)
+	ev.wait(t, func(e protocol.Event) bool {
+		p := e.Properties.Part
+		return p != nil && p.Tool == "bash" && p.State != nil && p.State.Status == protocol.ToolRunning
+	})
+
+	require.NoError(t, syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL))
+	<-h.exited
+	h = startHarness(t, entry, ws, env)
+	var log []protocol.Message
+	h.call("GET", "/session/"+session+"/message", nil, &log)
+	require.Equal(t, []string{"user", "assistant"}, roles(log))
+	require.NotNil(t, log[1].Info.Error)
+	assert.Equal(t, "HarnessError", log[1].Info.Error.Name)
+	assert.NotZero(t, log[1].Info.Time.Completed)
+
+	m := h.send(session, askPrompt+" you to do?")
+	require.Nil(t, m.Info.Error)
+	assert.Equal(t, "You asked me to run the slow job.", m.Text())
 }
