@@ -104,6 +104,7 @@ func (s *Server) openSession(ctx context.Context, a store.Agent, req api.CreateS
 		MaxBudgetUSD:  req.MaxBudgetUSD,
 	}
 	sb, err := s.store.ClaimWarmSandbox(ctx, a.ID, a.Generation, base.ID)
+	s.pool.use(a.ID) // refill behind the claim (or after the miss)
 	switch {
 	case err == nil:
 		sess, err := s.startOnWarm(ctx, a, base, sb)
@@ -419,7 +420,17 @@ func (s *Server) ensureRunning(ctx context.Context, sess store.Session, force bo
 	if !force && sess.Status == api.SessionReady && bsb.Running && sb.State == store.SandboxClaimed {
 		return targetOf(sb, bsb, sess.HarnessSessionID), sess, nil
 	}
-	if err := s.setPhase(ctx, sess.ID, phaseResuming); err != nil {
+	// A claimed sandbox was meant to be running: its harness crashed (or
+	// hangs, or was found dead after a lapd restart). A suspended one is
+	// simply asleep.
+	phase := phaseResuming
+	if sb.State == store.SandboxClaimed {
+		phase = phaseRecovering
+		if err := s.noteCrash(ctx, sess, bsb); err != nil {
+			return target{}, sess, err
+		}
+	}
+	if err := s.setPhase(ctx, sess.ID, phase); err != nil {
 		return target{}, sess, err
 	}
 	bsb, err = s.backend.Resume(ctx, bsb)
@@ -496,9 +507,15 @@ func (s *Server) recoverSession(ctx context.Context, sess store.Session, beforeS
 }
 
 // suspendSession scales an idle session's sandbox to zero (status idle);
-// its next message resumes it. It is the seam for the idle reaper, and
-// refuses (ErrConflict) while a turn runs.
+// its next message resumes it. It refuses (ErrConflict) while a turn runs.
 func (s *Server) suspendSession(ctx context.Context, id string) error {
+	return s.suspendIfIdleSince(ctx, id, time.Time{})
+}
+
+// suspendIfIdleSince is suspendSession for the idle reaper: it does
+// nothing if the session was active after idleBefore (checked once the
+// session is reserved, so a turn that ran meanwhile counts).
+func (s *Server) suspendIfIdleSince(ctx context.Context, id string, idleBefore time.Time) error {
 	release, err := s.reserve(id, nil)
 	if err != nil {
 		return err
@@ -508,7 +525,7 @@ func (s *Server) suspendSession(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if sess.Status != api.SessionReady {
+	if sess.Status != api.SessionReady || (!idleBefore.IsZero() && sess.LastActiveAt.After(idleBefore)) {
 		return nil
 	}
 	sb, err := s.store.GetSandbox(ctx, sess.SandboxID)
@@ -569,6 +586,7 @@ func (s *Server) endSession(ctx context.Context, id string) error {
 			}
 		}
 	}
+	s.crashes.forget(id)
 	s.log.Info("session ended", "session", id)
 	return nil
 }
