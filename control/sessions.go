@@ -137,7 +137,13 @@ func (s *Server) startOnWarm(ctx context.Context, a store.Agent, base store.Sess
 	bsb, err := backendRecord(sb)
 	if err == nil {
 		var hs protocol.SessionInfo
-		hs, err = s.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{Title: base.Title})
+		if sb.HarnessSessionID != "" {
+			// Opened when the sandbox was provisioned: only make sure
+			// the harness still has it (a read, no write there).
+			hs, err = s.harness.getSession(ctx, targetOf(sb, bsb, sb.HarnessSessionID))
+		} else {
+			hs, err = s.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{Title: base.Title})
+		}
 		if err == nil {
 			base.Status, base.Phase = api.SessionReady, phaseReady
 			base.SandboxID, base.HarnessSessionID = sb.ID, hs.ID
@@ -294,14 +300,26 @@ func (s *Server) provisionSandbox(ctx context.Context, a store.Agent, role, sess
 		s.markSandbox(keep, sb.ID, store.SandboxFailed, err.Error())
 		return sb, sandboxes.Sandbox{}, fmt.Errorf("provision sandbox for agent %s: %w", a.Name, err)
 	}
-	state := store.SandboxClaimed
+	state, harnessSession := store.SandboxClaimed, ""
 	if sessionID == "" {
+		// A warm sandbox enters the pool with the harness session its
+		// claimer will use already open, so a warm claim costs no
+		// harness write.
 		state = store.SandboxWarm
+		var hs protocol.SessionInfo
+		if hs, err = s.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{}); err != nil {
+			s.markSandbox(keep, sb.ID, store.SandboxFailed, err.Error())
+			if derr := s.backend.Destroy(keep, bsb); derr != nil {
+				s.log.Error("destroy sandbox whose harness opens no session", "sandbox", sb.ID, "err", derr)
+			}
+			return sb, sandboxes.Sandbox{}, fmt.Errorf("provision sandbox for agent %s: %w", a.Name, err)
+		}
+		harnessSession = hs.ID
 	}
 	raw, err := json.Marshal(bsb)
 	if err == nil {
 		sb, err = s.store.UpdateSandbox(keep, sb.ID, func(x *store.Sandbox) error {
-			x.State, x.Backend = state, raw
+			x.State, x.Backend, x.HarnessSessionID = state, raw, harnessSession
 			return nil
 		})
 	}

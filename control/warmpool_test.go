@@ -44,6 +44,8 @@ func TestWarmPoolIsFilledForANewAgentAndRefilledAfterAClaim(t *testing.T) {
 	require.Equal(t, http.StatusCreated, e.do(http.MethodPost, "/agents/pooled/session", nil, &sess))
 	assert.Equal(t, api.SessionReady, sess.Status, "ready in the create response")
 	assert.Equal(t, first[0].ID, sess.SandboxID)
+	require.NotEmpty(t, first[0].HarnessSessionID, "the pool opened the harness session ahead")
+	assert.Equal(t, first[0].HarnessSessionID, sess.HarnessSessionID, "the claim took the session opened ahead")
 	status, m, body := e.send(sess.ID, "hello")
 	require.Equal(t, http.StatusOK, status, "%s", body)
 	assert.Equal(t, "echo: hello", m.Text())
