@@ -1,8 +1,12 @@
 package lapdlocal
 
 import (
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 
@@ -117,4 +121,55 @@ func TestLapdKilledAndRestartedAdoptsTheHarness(t *testing.T) {
 	assert.True(t, alive(pid))
 	reqs := p.llm.Requests()
 	assert.True(t, reqs[len(reqs)-1].Contains("before the restart"), "the harness session went on: no replay needed")
+}
+
+// LOCAL_SANDBOX_URL: the LiteLLM Agent Platform's local-development flow.
+// The developer runs one harness; every session is a session inside it,
+// with no warm pool, and lapd never stops it.
+func TestLocalSandboxURLServesEverySessionFromOneHarness(t *testing.T) {
+	t.Parallel()
+	p := newPlatform(t, nil)
+	port := freePort(t)
+	ws := t.TempDir()
+	harness := exec.Command(filepath.Join(binDir, "lap-harness"))
+	harness.Env = []string{"PORT=" + port, "WORKSPACE=" + ws, "LITELLM_API_BASE=" + p.llm.URL(), "LAP_MODEL=test/model", "PATH=" + os.Getenv("PATH")}
+	require.NoError(t, harness.Start())
+	t.Cleanup(func() {
+		_ = harness.Process.Kill()
+		_ = harness.Wait()
+	})
+
+	p.env["LOCAL_SANDBOX_URL"] = "http://localhost:" + port
+	p.env["WARM_POOL_SIZE"] = "0"
+	l := p.start()
+	var a api.Agent
+	status, body := l.do(http.MethodPost, api.BasePath+"/agents", map[string]any{
+		"name":       "my-sdk-agent",
+		"harness_id": "claude-agent-sdk",
+		"model":      "anthropic/claude-sonnet-4-5",
+		"prompt":     "You are a helpful assistant.",
+		"repo_url":   "https://github.com/your-org/your-repo",
+	}, &a)
+	require.Equal(t, http.StatusCreated, status, "%s", body)
+
+	first, second := l.readySession("my-sdk-agent"), l.readySession("my-sdk-agent")
+	assert.NotEqual(t, first.HarnessSessionID, second.HarnessSessionID, "two sessions inside the one harness")
+	p.llm.Enqueue(fakellm.Text("answered by the external harness"))
+	assert.Equal(t, "answered by the external harness", l.send(first.ID, "hello").Text())
+	assert.Zero(t, l.warm("my-sdk-agent"), "no warm pool")
+
+	status, body = l.do(http.MethodDelete, api.BasePath+"/sessions/"+first.ID, nil, nil)
+	require.Equal(t, http.StatusNoContent, status, "%s", body)
+	l.stop()
+	assert.True(t, alive(harness.Process.Pid), "lapd does not stop the external harness")
+	entries, _ := os.ReadDir(filepath.Join(p.dir, "data", "sandboxes"))
+	assert.Empty(t, entries, "no local sandboxes were made")
+}
+
+func freePort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 }
