@@ -114,13 +114,15 @@ func TestLapdKilledAndRestartedAdoptsTheHarness(t *testing.T) {
 
 	p.env["LOCAL_STOP_ON_EXIT"] = "true"
 	second := p.start()
-	defer second.stop()
 	p.llm.Enqueue(fakellm.Text("after"))
 	assert.Equal(t, "after", second.send(sess.ID, "after the restart").Text())
 	assert.Equal(t, pid, p.harnessPID(sess.SandboxID), "answered by the same harness process")
 	assert.True(t, alive(pid))
 	reqs := p.llm.Requests()
 	assert.True(t, reqs[len(reqs)-1].Contains("before the restart"), "the harness session went on: no replay needed")
+
+	second.stop()
+	assert.False(t, alive(pid), "with LOCAL_STOP_ON_EXIT lapd stops the harness it adopted")
 }
 
 // LOCAL_SANDBOX_URL: the LiteLLM Agent Platform's local-development flow.
