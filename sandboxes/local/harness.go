@@ -91,7 +91,7 @@ func (b *Backend) start(dir string, rec *record, port int) (*process, error) {
 	if rec.UID >= 0 {
 		who = fmt.Sprintf("uid %d", rec.UID)
 	}
-	fmt.Fprintf(logf, "[lap %s] starting %s %s on port %d as %s\n", time.Now().UTC().Format(time.RFC3339), path, strings.Join(args, " "), port, who)
+	fmt.Fprintf(logf, "[lap %s] starting %s on port %d as %s\n", time.Now().UTC().Format(time.RFC3339), strings.Join(append([]string{path}, args...), " "), port, who)
 
 	nproc := 0
 	// RLIMIT_NPROC counts every process of the user, so it is a
