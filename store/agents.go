@@ -218,7 +218,7 @@ func (s *Store) ListAgents(ctx context.Context, f AgentFilter) ([]Agent, string,
 	var out []Agent
 	next := ""
 	err = s.view(ctx, func(tx *bolt.Tx) error {
-		agents := tx.Bucket(bucketAgents)
+		agents := tx.Bucket(bucketAgents).Cursor()
 		var last []byte // position of the last agent in out
 		return scanDesc(tx.Bucket(bucketAgentOrder).Cursor(), nil, after, func(pos, id []byte) (bool, error) {
 			if len(out) == limit {
@@ -246,7 +246,7 @@ func (s *Store) ListAgents(ctx context.Context, f AgentFilter) ([]Agent, string,
 func (s *Store) AllAgents(ctx context.Context) ([]Agent, error) {
 	var out []Agent
 	err := s.view(ctx, func(tx *bolt.Tx) error {
-		agents := tx.Bucket(bucketAgents)
+		agents := tx.Bucket(bucketAgents).Cursor()
 		return tx.Bucket(bucketAgentOrder).ForEach(func(_, id []byte) error {
 			var a Agent
 			if err := getIndexed(agents, "agent", id, &a); err != nil {

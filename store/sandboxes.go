@@ -150,7 +150,7 @@ func (s *Store) ClaimWarmSandbox(ctx context.Context, agentID string, generation
 		c := tx.Bucket(bucketWarm).Cursor()
 		for k, id := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, id = c.Next() {
 			var sb Sandbox
-			if err := getIndexed(sandboxes, "sandbox", id, &sb); err != nil {
+			if err := getIndexed(sandboxes.Cursor(), "sandbox", id, &sb); err != nil {
 				return err
 			}
 			if sb.AgentID != agentID || sb.State != SandboxWarm || sb.Generation != generation {

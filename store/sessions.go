@@ -215,7 +215,7 @@ func (s *Store) ListSessions(ctx context.Context, f SessionFilter) ([]Session, s
 	var out []Session
 	next := ""
 	err = s.view(ctx, func(tx *bolt.Tx) error {
-		sessions := tx.Bucket(bucketSessions)
+		sessions := tx.Bucket(bucketSessions).Cursor()
 		index, prefix := bucketSessOrder, []byte(nil)
 		switch {
 		case f.AgentID != "":

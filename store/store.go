@@ -12,6 +12,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -394,12 +395,14 @@ func getJSON(b *bolt.Bucket, key []byte, v any) error {
 	return json.Unmarshal(raw, v)
 }
 
-// getIndexed reads the record an index entry names. A missing record is
-// damage, not a lookup miss, so it is reported without ErrNotFound (which
-// the API would turn into a 404).
-func getIndexed(b *bolt.Bucket, kind string, id []byte, v any) error {
-	raw := b.Get(id)
-	if raw == nil {
+// getIndexed reads into v the record an index entry names, with c a
+// cursor on the records' bucket: a listing reads many records, and one
+// reused cursor saves the allocations of a Bucket.Get per record. A
+// missing record is damage, not a lookup miss, so it is reported without
+// ErrNotFound (which the API would turn into a 404).
+func getIndexed(c *bolt.Cursor, kind string, id []byte, v any) error {
+	k, raw := c.Seek(id)
+	if raw == nil || !bytes.Equal(k, id) {
 		return fmt.Errorf("index names missing %s %s", kind, id)
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
