@@ -7,6 +7,10 @@
 // group committer (see update), so many sessions appending at once share one
 // fsync instead of queueing for one each.
 //
+// Ids are random UUIDv4 strings (NewID). Listings are nonetheless in
+// creation order, newest first, and page with opaque cursors: they walk
+// indexes keyed by CreatedAt and id (see list.go), not the id order.
+//
 // Values returned by the store are copies: they stay valid after the call
 // and may be modified by the caller.
 package store
@@ -54,22 +58,23 @@ const FileName = "lap.db"
 //     in a position, CreatedAt then id (see list.go).
 const SchemaVersion = 2
 
-// Bucket names. Index values hold the record's id. Keys of the indexes
-// marked "position" are ordered by creation (see scopedKey and posKey).
+// Bucket names. The indexes whose keys hold a position are in creation
+// order (see posKey and scopedKey) and hold the record's id as value;
+// open_messages holds keys only.
 var (
 	bucketMeta       = []byte("meta")
-	bucketAgents     = []byte("agents")            // agent id → Agent
-	bucketAgentNames = []byte("agent_names")       // name → agent id
-	bucketAgentOrder = []byte("agents_by_created") // position → agent id
-	bucketSessions   = []byte("sessions")          // session id → Session
-	bucketSessOrder  = []byte("sessions_by_created")
-	bucketSessAgent  = []byte("sessions_by_agent")  // agent id + "/" + position → session id
-	bucketSessStatus = []byte("sessions_by_status") // status + "/" + position → session id
-	bucketSandboxes  = []byte("sandboxes")          // sandbox id → Sandbox
-	bucketWarm       = []byte("warm")               // agent id + "/" + position of warm sandboxes → sandbox id
-	bucketMessages   = []byte("messages")           // session id → bucket: seq → Message
-	bucketOpenTurns  = []byte("open_messages")      // session id + "/" + seq of pending/running messages
-	bucketTimeline   = []byte("timeline")           // session id → bucket: seq → LogEntry
+	bucketAgents     = []byte("agents")              // agent id → Agent
+	bucketAgentNames = []byte("agent_names")         // name → agent id
+	bucketAgentOrder = []byte("agents_by_created")   // position → agent id
+	bucketSessions   = []byte("sessions")            // session id → Session
+	bucketSessOrder  = []byte("sessions_by_created") // position → session id
+	bucketSessAgent  = []byte("sessions_by_agent")   // agent id + "/" + position → session id
+	bucketSessStatus = []byte("sessions_by_status")  // status + "/" + position → session id
+	bucketSandboxes  = []byte("sandboxes")           // sandbox id → Sandbox
+	bucketWarm       = []byte("warm")                // agent id + "/" + position of warm sandboxes → sandbox id
+	bucketMessages   = []byte("messages")            // session id → bucket: seq → Message
+	bucketOpenTurns  = []byte("open_messages")       // session id + "/" + seq of pending/running messages
+	bucketTimeline   = []byte("timeline")            // session id → bucket: seq → LogEntry
 	keySchemaVersion = []byte("schema_version")
 )
 
@@ -384,7 +389,7 @@ func (s *Store) view(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 // Knative names are made of, differ between ids made at the same moment.
 // Listings get their order from CreatedAt instead (see list.go).
 func NewID() string {
-	return uuid.NewString()
+	return uuid.New().String()
 }
 
 func getJSON(b *bolt.Bucket, key []byte, v any) error {
