@@ -504,3 +504,25 @@ func TestHarnessBusyThroughPassThroughIs409(t *testing.T) {
 		return status == http.StatusOK
 	})
 }
+
+// A short id resolves on the server, with or without dashes; one that
+// names several sessions is a 409 that lists them.
+func TestShortSessionIDs(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	a := e.createAgent("shorty", nil)
+	ids := []string{"0badcafe-1111-4000-8000-000000000001", "0badcafe-2222-4000-8000-000000000002"}
+	for _, id := range ids {
+		_, err := e.store.CreateSession(context.Background(), store.Session{ID: id, AgentID: a.ID, Status: api.SessionIdle})
+		require.NoError(t, err)
+	}
+	for ref, want := range map[string]string{"0badcafe1": ids[0], "0BADCAFE-2222": ids[1], ids[1]: ids[1]} {
+		assert.Equal(t, want, e.session(ref).ID, ref)
+	}
+	status, body := e.raw(http.MethodGet, api.BasePath+"/sessions/0badcafe", "", nil, true)
+	assert.Equal(t, http.StatusConflict, status)
+	assert.Equal(t, api.ErrorDetail{Code: api.CodeConflict, Message: "0badcafe is the start of 2 session ids: " +
+		ids[0] + ", " + ids[1] + "; give more of the id"}, errorOf(t, body))
+	status, _ = e.raw(http.MethodGet, api.BasePath+"/sessions/0badcaf", "", nil, true)
+	assert.Equal(t, http.StatusNotFound, status, "fewer than 8 digits name nothing")
+}
