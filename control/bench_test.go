@@ -17,11 +17,9 @@ import (
 	"lap.dev/lap/sandboxes/protocol"
 )
 
-// benchEnv is a control plane for benchmarks with its data dir in dir
-// (startEnv needs a *testing.T; failures surface as benchmark errors).
+// benchEnv is a control plane for benchmarks with its data dir in dir.
 func benchEnv(b *testing.B, dir string) *env {
-	t := &testing.T{}
-	e := startEnv(t, dir, envOptions{noCleanup: true})
+	e := startEnv(b, dir, envOptions{noCleanup: true})
 	b.Cleanup(e.stop)
 	return e
 }
@@ -70,7 +68,6 @@ func benchDo(b *testing.B, req *http.Request) {
 // with 64 concurrent keep-alive clients: the median of 5 rounds.
 func BenchmarkGetSession(b *testing.B) {
 	e := benchEnv(b, b.TempDir())
-	e.t = &testing.T{}
 	e.createAgent("bench", nil)
 	sess := e.readySession("bench")
 	const clients, perClient, rounds = 64, 300, 5
@@ -138,7 +135,6 @@ func BenchmarkMessageRelayOverhead(b *testing.B) {
 
 func benchRelay(b *testing.B, dir, text string, sessions int) {
 	e := benchEnv(b, dir)
-	e.t = &testing.T{}
 	e.createAgent("relay", nil)
 	const perSession, rounds = 10, 5
 	type pair struct {
