@@ -485,3 +485,98 @@ func FreePort(t testing.TB) string {
 	defer ln.Close()
 	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
 }
+
+// Event is one server-sent event of lapd's streams.
+type Event struct {
+	Name string
+	Data []byte
+}
+
+// Stream reads the server-sent events of one response.
+type Stream struct {
+	resp *http.Response
+	sc   *bufio.Scanner
+}
+
+// StreamMessage starts POST /sessions/:id/message_stream with text. A
+// non-2xx answer is returned as an error with the body.
+func (l *Lapd) StreamMessage(ctx context.Context, id, text string) (*Stream, error) {
+	req, err := l.Request(ctx, http.MethodPost, api.BasePath+"/sessions/"+id+"/message_stream", api.SendMessageRequest{Text: text})
+	if err != nil {
+		return nil, err
+	}
+	resp, err := Client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return nil, fmt.Errorf("message_stream: %s: %s", resp.Status, b)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	return &Stream{resp: resp, sc: sc}, nil
+}
+
+// Next returns the next event; keep-alive comments are skipped. The
+// error is io.EOF when the stream ended cleanly, else what broke it.
+func (s *Stream) Next() (Event, error) {
+	var ev Event
+	for s.sc.Scan() {
+		line := s.sc.Text()
+		switch {
+		case line == "":
+			if ev.Name != "" || ev.Data != nil {
+				return ev, nil
+			}
+		case strings.HasPrefix(line, ":"):
+		case strings.HasPrefix(line, "event:"):
+			ev.Name = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
+		case strings.HasPrefix(line, "data:"):
+			ev.Data = append(ev.Data, strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " ")...)
+		}
+	}
+	if err := s.sc.Err(); err != nil {
+		return ev, err
+	}
+	return ev, io.EOF
+}
+
+// Close ends the stream.
+func (s *Stream) Close() error { return s.resp.Body.Close() }
+
+// Outcome is how a streamed turn ended for its client.
+type Outcome struct {
+	// Done is the assistant message of a `done` event.
+	Done *api.Message
+	// Error is the detail of an `error` event.
+	Error *api.ErrorDetail
+	// Broken is what ended the stream before either (e.g. lapd died).
+	Broken error
+}
+
+// Finish reads the stream to its end and says how the turn ended.
+func (s *Stream) Finish() Outcome {
+	defer s.Close()
+	for {
+		ev, err := s.Next()
+		if err != nil {
+			return Outcome{Broken: err}
+		}
+		switch ev.Name {
+		case api.EventDone:
+			var m api.Message
+			if err := json.Unmarshal(ev.Data, &m); err != nil {
+				return Outcome{Broken: fmt.Errorf("decode done: %w", err)}
+			}
+			return Outcome{Done: &m}
+		case api.EventError:
+			var e api.ErrorDetail
+			if err := json.Unmarshal(ev.Data, &e); err != nil {
+				return Outcome{Broken: fmt.Errorf("decode error event: %w", err)}
+			}
+			return Outcome{Error: &e}
+		}
+	}
+}
