@@ -5,7 +5,18 @@ BIN   := $(CURDIR)/bin
 # Test timeout for the whole suite; CI gives us 90 minutes in all.
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build run test test-unit bench lint clean
+# --- Knative: the test kube-apiserver -------------------------------------
+# A real kube-apiserver with embedded etcd, from e2e/kubeapi (its own module:
+# it needs k8s.io/* v0.34, lap's Knative libraries v0.29). The knative tests
+# exec it through e2e/kubeapitest. Make rebuilds it only when its sources
+# change; the first build takes minutes, later ones come from Go's cache.
+KUBEAPI         := $(BIN)/lap-kubeapi
+KUBEAPI_VERSION := v1.34.4
+KUBEAPI_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBEAPI_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34
+KUBEAPI_SRC     := $(wildcard e2e/kubeapi/*.go) e2e/kubeapi/go.mod e2e/kubeapi/go.sum
+
+.PHONY: all build run test test-unit bench lint clean kubeapi kind-up kind-deploy e2e-kind kind-lint
 
 all: build
 
@@ -19,12 +30,36 @@ run: build
 	$(BIN)/lapd
 
 ## test: every test that runs on one machine without a network
-test: build
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+test: build $(KUBEAPI)
+	LAP_KUBEAPI_BIN=$(KUBEAPI) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## bench: print lap's speed and memory figures
-bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./...
+bench: build $(KUBEAPI)
+	LAP_KUBEAPI_BIN=$(KUBEAPI) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./...
+
+## kubeapi: build bin/lap-kubeapi (kube-apiserver + etcd for tests)
+kubeapi: $(KUBEAPI)
+$(KUBEAPI): $(KUBEAPI_SRC)
+	cd e2e/kubeapi && $(GO) build -ldflags '$(KUBEAPI_LDFLAGS)' -o $(KUBEAPI) .
+
+# --- Knative: quickstart on kind (needs docker, kind, kubectl, ko, kn and
+# the internet; see the README's "lap on Knative") -------------------------
+## kind-up: kind cluster with Knative Serving 1.15, Kourier and sslip.io
+kind-up:
+	e2e/kind/up.sh
+
+## kind-deploy: build and load lap's images, patch Knative, apply config/deploy
+kind-deploy:
+	e2e/kind/deploy.sh
+
+## e2e-kind: agent, session and message through the cluster; idle to zero and back
+e2e-kind:
+	e2e/kind/e2e.sh
+
+## kind-lint: shellcheck and bash -n the kind scripts (runs anywhere)
+kind-lint:
+	shellcheck -x e2e/kind/*.sh
+	for f in e2e/kind/*.sh; do bash -n $$f; done
 
 ## lint: formatting and vet
 lint:
