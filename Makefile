@@ -103,3 +103,53 @@ lint:
 
 clean:
 	rm -rf $(BIN)
+
+## ---- Node.js harnesses (sandboxes/claude-agent-sdk, sandboxes/opencode) ----
+# Built from their lockfiles with npm ci; a stamp in node_modules skips the
+# install until the lockfile changes.
+NPM  ?= npm
+NODE ?= node
+SDK_DIR := sandboxes/claude-agent-sdk
+OPENCODE_DIR := sandboxes/opencode
+
+.PHONY: build-claude-agent-sdk build-opencode test-claude-agent-sdk
+build: build-claude-agent-sdk build-opencode
+test: test-claude-agent-sdk
+
+## build-claude-agent-sdk: npm ci + tsc, and bin/lap-harness-claude-agent-sdk
+build-claude-agent-sdk: $(BIN)/lap-harness-claude-agent-sdk $(SDK_DIR)/dist/server.js
+
+$(SDK_DIR)/node_modules/.lap-stamp: $(SDK_DIR)/package.json $(SDK_DIR)/package-lock.json
+	cd $(SDK_DIR) && $(NPM) ci --no-audit --no-fund
+	touch $@
+
+$(SDK_DIR)/dist/server.js: $(SDK_DIR)/node_modules/.lap-stamp $(SDK_DIR)/tsconfig.json $(wildcard $(SDK_DIR)/src/*.ts)
+	rm -rf $(SDK_DIR)/dist
+	cd $(SDK_DIR) && ./node_modules/.bin/tsc -p .
+
+# The launcher the local backend starts (sandboxes/harnesses.go); it runs
+# the compiled server of this checkout with the node on PATH (or $$NODE).
+$(BIN)/lap-harness-claude-agent-sdk: Makefile
+	@mkdir -p $(BIN)
+	printf '#!/bin/sh\n# Made by make build: the claude-agent-sdk harness of %s\nexec "$${NODE:-node}" "%s/dist/server.js" "$$@"\n' \
+		"$(CURDIR)" "$(CURDIR)/$(SDK_DIR)" > $@
+	chmod +x $@
+
+## test-claude-agent-sdk: the TypeScript unit tests (node --test)
+test-claude-agent-sdk: build-claude-agent-sdk
+	cd $(SDK_DIR) && $(NODE) --test dist/*.test.js
+
+## build-opencode: the pinned opencode binary and bin/lap-harness-opencode
+# (the adapter that puts lap's protocol in front of opencode serve is built
+# with the claude-agent-sdk TypeScript: dist/opencode.js).
+build-opencode: $(BIN)/lap-harness-opencode $(OPENCODE_DIR)/node_modules/.lap-stamp $(SDK_DIR)/dist/server.js
+
+$(OPENCODE_DIR)/node_modules/.lap-stamp: $(OPENCODE_DIR)/package.json $(OPENCODE_DIR)/package-lock.json
+	cd $(OPENCODE_DIR) && $(NPM) ci --no-audit --no-fund
+	touch $@
+
+$(BIN)/lap-harness-opencode: Makefile
+	@mkdir -p $(BIN)
+	printf '#!/bin/sh\n# Made by make build: the opencode harness of %s\nexec "$${NODE:-node}" "%s/dist/opencode.js" "$$@"\n' \
+		"$(CURDIR)" "$(CURDIR)/$(SDK_DIR)" > $@
+	chmod +x $@

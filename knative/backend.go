@@ -120,6 +120,9 @@ func NewWithClients(ctx context.Context, cfg config.Config, log *slog.Logger, ku
 		changed: notifier{ch: make(chan struct{})},
 		locks:   agentLocks{m: map[string]chan struct{}{}},
 	}
+	if err := preflight(ctx, sc, p.Namespace); err != nil {
+		return nil, err
+	}
 	factory := servinginformers.NewSharedInformerFactoryWithOptions(sc, 0,
 		servinginformers.WithNamespace(p.Namespace),
 		servinginformers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -142,14 +145,38 @@ func NewWithClients(ctx context.Context, cfg config.Config, log *slog.Logger, ku
 	runCtx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	b.stop = stop
 	factory.Start(runCtx.Done())
-	synced := factory.WaitForCacheSync(ctx.Done())
+	syncCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	synced := factory.WaitForCacheSync(syncCtx.Done())
 	for typ, ok := range synced {
 		if !ok {
 			stop()
-			return nil, fmt.Errorf("watch %v in namespace %s: informer did not sync: %w", typ, p.Namespace, context.Cause(ctx))
+			return nil, fmt.Errorf("watch %v in namespace %s: informer did not sync: %w", typ, p.Namespace, context.Cause(syncCtx))
 		}
 	}
 	return b, nil
+}
+
+// preflight lists what the informers will watch, once, so that a cluster
+// without Knative or a ServiceAccount without the Role fails lapd's start
+// with a message saying so, instead of an informer retrying forever.
+func preflight(ctx context.Context, sc servingclient.Interface, ns string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, err := sc.ServingV1().Services(ns).List(ctx, metav1.ListOptions{Limit: 1})
+	if err == nil {
+		_, err = sc.ServingV1().Revisions(ns).List(ctx, metav1.ListOptions{Limit: 1})
+	}
+	switch {
+	case err == nil:
+		return nil
+	case apierrors.IsNotFound(err):
+		return fmt.Errorf("list Knative services: %w (is Knative Serving installed in this cluster?)", err)
+	case apierrors.IsForbidden(err):
+		return fmt.Errorf("list Knative services in %s: %w (apply config/deploy's Role, or set KNATIVE_NAMESPACE to where it is bound)", ns, err)
+	default:
+		return fmt.Errorf("reach the Kubernetes API (KNATIVE_KUBECONFIG, or the in-cluster service account): %w", err)
+	}
 }
 
 // Close stops the informers.

@@ -60,6 +60,13 @@ func TestRBAC(t *testing.T) {
 	assert.Empty(t, logs)
 	require.NoError(t, r.b.DeleteAgent(r.ctx(), agent))
 
+	// lapd started on a namespace its Role does not cover fails at once,
+	// saying why.
+	wrongNS := r.cfg
+	wrongNS.KnativeNamespace = "default"
+	_, err = NewForConfig(ctx, wrongNS, r.b.log, asLapd)
+	require.ErrorContains(t, err, "apply config/deploy's Role")
+
 	// What the Role does not grant.
 	kube, err := kubernetes.NewForConfig(asLapd)
 	require.NoError(t, err)

@@ -91,7 +91,7 @@ func TestKnativeAcceptsLifecycle(t *testing.T) {
 	// Every harness's default image passes as the template's image.
 	for _, h := range sandboxes.Harnesses() {
 		if strings.HasPrefix(h.Image, "ko://") {
-			continue // resolved by ko at deploy time, checked in TestImages
+			continue // resolved by ko at deploy time; see TestUnresolvedKoImage
 		}
 		p := testParams()
 		p.Images = map[string]string{h.ID: h.Image}

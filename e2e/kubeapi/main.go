@@ -20,8 +20,9 @@
 // ready) for the cluster admin (a static token in group system:masters).
 // Lines of --token-auth-file (token,user,uid,"group1,group2") are added to
 // the apiserver's static tokens, so tests can act as other users, e.g. a
-// ServiceAccount. Flags after -- go to kube-apiserver and override the
-// rig's defaults. SIGINT or SIGTERM shuts both servers down and exits 0.
+// ServiceAccount. Flags after -- go to kube-apiserver after the rig's own
+// (see defaults in run): a flag given again overrides a single value and
+// adds to a list. SIGINT or SIGTERM shuts both servers down and exits 0.
 package main
 
 import (

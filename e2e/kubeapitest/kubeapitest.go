@@ -58,7 +58,8 @@ type Options struct {
 	Dir string
 	// Tokens are extra users the apiserver authenticates.
 	Tokens []Token
-	// Args are extra kube-apiserver flags; they override the rig's.
+	// Args are extra kube-apiserver flags, parsed after the rig's: one
+	// given again overrides a single value and adds to a list.
 	Args []string
 	// ListenIP is the address the apiserver listens on; "" = 127.0.0.1.
 	ListenIP string
@@ -76,6 +77,13 @@ type Server struct {
 	Kubeconfig string
 	// Config is the admin client config.
 	Config *rest.Config
+	// CAFile is the apiserver's serving certificate chain (its CA
+	// included), e.g. a controller-manager's --root-ca-file.
+	CAFile string
+	// ServiceAccountKeyFile is the key ServiceAccount tokens are signed
+	// with, e.g. a controller-manager's
+	// --service-account-private-key-file.
+	ServiceAccountKeyFile string
 
 	cmd     *exec.Cmd
 	done    chan struct{}
@@ -133,6 +141,8 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		s.Dir, s.ownDir = dir, true
 	}
 	s.Kubeconfig = filepath.Join(s.Dir, "kubeconfig")
+	s.CAFile = filepath.Join(s.Dir, "certs", "apiserver.crt")
+	s.ServiceAccountKeyFile = filepath.Join(s.Dir, "sa.key")
 	// A kubeconfig left by an earlier run in the same Dir is stale.
 	if err := os.Remove(s.Kubeconfig); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err

@@ -2,6 +2,7 @@ package kubeapitest
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -61,6 +62,11 @@ func TestServer(t *testing.T) {
 	v, err := kube.Discovery().ServerVersion()
 	require.NoError(t, err)
 	assert.Equal(t, "v1.34.4", v.GitVersion, "the binary must be linked with the release version")
+
+	for _, f := range []string{s.Kubeconfig, s.CAFile, s.ServiceAccountKeyFile} {
+		_, err := os.Stat(f)
+		require.NoError(t, err)
+	}
 
 	objs, err := Decode([]byte(manifest))
 	require.NoError(t, err)

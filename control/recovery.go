@@ -1,0 +1,95 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"lap.dev/lap/control/api"
+	"lap.dev/lap/store"
+)
+
+// recoverState repairs what a crash (or SIGKILL) of lapd left behind.
+// Nothing is lost: turns that were running are failed with a reason the
+// user can read, half-provisioned sandboxes are destroyed, sessions that
+// were being created are provisioned again, and sandboxes claimed for
+// sessions that never got stored are released.
+func (s *Server) recoverState(ctx context.Context) error {
+	failed, err := s.store.FailOpenMessages(ctx, store.MessageError{
+		Name:    "Interrupted",
+		Message: "lapd stopped while this turn was running; send the message again",
+	})
+	if err != nil {
+		return err
+	}
+	if len(failed) > 0 {
+		s.log.Warn("turns interrupted by the last stop marked failed", "count", len(failed))
+	}
+
+	stuck, err := s.store.ListSandboxes(ctx, store.SandboxFilter{States: []string{store.SandboxProvisioning}})
+	if err != nil {
+		return err
+	}
+	for _, sb := range stuck {
+		s.markSandbox(ctx, sb.ID, store.SandboxFailed, "lapd stopped while it was being provisioned")
+		s.retireSandbox(sb, "half-provisioned at start-up")
+	}
+
+	claimed, err := s.store.ListSandboxes(ctx, store.SandboxFilter{States: []string{store.SandboxClaimed, store.SandboxSuspended}})
+	if err != nil {
+		return err
+	}
+	for _, sb := range claimed {
+		sess, err := s.store.GetSession(ctx, sb.SessionID)
+		if errors.Is(err, store.ErrNotFound) || (err == nil && (sess.SandboxID != sb.ID || sess.Status == api.SessionDead)) {
+			s.retireSandbox(sb, "claimed by no live session at start-up")
+			continue
+		}
+		if err != nil {
+			return err
+		}
+	}
+
+	creating, err := s.store.SessionIDsByStatus(ctx, api.SessionCreating)
+	if err != nil {
+		return err
+	}
+	for _, id := range creating {
+		s.goBackground(func(ctx context.Context) {
+			s.provisionSession(ctx, id, phaseRecovering)
+		})
+	}
+
+	agents, err := s.store.AllAgents(ctx)
+	if err != nil {
+		return err
+	}
+	if len(agents) > 0 {
+		s.goBackground(func(ctx context.Context) { s.ensureAgents(ctx, agents) })
+	}
+	return nil
+}
+
+// ensureAgents re-applies every agent on the backend (idempotent), a few
+// at a time, so a backend that lost per-agent resources gets them back.
+func (s *Server) ensureAgents(ctx context.Context, agents []store.Agent) {
+	sem := make(chan struct{}, 4)
+	var wg sync.WaitGroup
+	for _, a := range agents {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := s.ensureAgent(ctx, a); err != nil {
+				s.log.Warn("ensure agent on the backend", "agent", a.Name, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+}

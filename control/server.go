@@ -1,0 +1,333 @@
+// Package control is lap's control plane, lapd's core: the REST API
+// (Fiber, ARCHITECTURE §4), session orchestration over a
+// sandboxes.Backend (warm claims, cold provisioning, resume and recovery),
+// the durable message path, live events over SSE, and metrics. It keeps
+// all state in the store; a backend only runs harnesses.
+package control
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"github.com/gofiber/fiber/v2/middleware/recover"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"lap.dev/lap/config"
+	"lap.dev/lap/control/api"
+	"lap.dev/lap/control/sandboxtoken"
+	"lap.dev/lap/control/secrets"
+	"lap.dev/lap/sandboxes"
+	"lap.dev/lap/store"
+)
+
+// RouteGroup is a set of routes another package serves from lapd, mounted
+// at Prefix (e.g. the LLM gateway at /llm).
+type RouteGroup struct {
+	// Prefix is where the group is mounted, e.g. "/llm".
+	Prefix string
+	// OwnAuth exempts the group from the master-key check: it
+	// authenticates its own callers (the gateway takes sandbox tokens).
+	OwnAuth bool
+	// BodyLimit raises the server's request body limit for this group's
+	// sake (LLM requests can exceed the API's 1 MiB); 0 keeps it.
+	BodyLimit int
+	// Register adds the group's routes to r (a router rooted at Prefix).
+	Register func(r fiber.Router)
+}
+
+// Options are what New needs. Store, Backend, Secrets and Tokens are
+// required.
+type Options struct {
+	Config  config.Config
+	Store   *store.Store
+	Backend sandboxes.Backend
+	// Secrets seals agents' env_vars at rest.
+	Secrets *secrets.Box
+	// Tokens mints each sandbox's LITELLM_API_KEY for the /llm gateway.
+	Tokens *sandboxtoken.Signer
+	Logger *slog.Logger
+	// Registry receives lapd's metrics and serves /metrics; nil means a
+	// new registry with the Go and process collectors.
+	Registry *prometheus.Registry
+	// Groups are extra route groups (the LLM gateway).
+	Groups []RouteGroup
+}
+
+// Server is the control plane. Create it with New, call Start once, then
+// Serve; Shutdown stops it.
+type Server struct {
+	cfg       config.Config
+	store     *store.Store
+	backend   sandboxes.Backend
+	secrets   *secrets.Box
+	tokens    *sandboxtoken.Signer
+	log       *slog.Logger
+	app       *fiber.App
+	harness   *harnessClient
+	bus       *bus
+	metrics   *metrics
+	masterKey [32]byte // SHA-256 of MASTER_KEY, compared in constant time
+
+	// baseCtx is every request's and background job's context; it is
+	// cancelled when Shutdown gives up waiting.
+	baseCtx    context.Context
+	cancelBase context.CancelFunc
+
+	// pingInterval spaces SSE keep-alives (tests shorten it).
+	pingInterval time.Duration
+
+	started  atomic.Bool
+	draining atomic.Bool
+
+	mu       sync.Mutex
+	active   map[string]*turn // running turn per session id
+	turns    sync.WaitGroup   // running turns
+	bg       sync.WaitGroup   // background jobs (provisioning, cleanup)
+	bgClosed bool             // Shutdown is waiting for bg; start no more
+}
+
+// New builds the server and its routes. It does no I/O.
+func New(opts Options) (*Server, error) {
+	if opts.Store == nil || opts.Backend == nil || opts.Secrets == nil || opts.Tokens == nil {
+		return nil, errors.New("control: Store, Backend, Secrets and Tokens are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	reg := opts.Registry
+	if reg == nil {
+		reg = newRegistry()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg:        opts.Config,
+		store:      opts.Store,
+		backend:    opts.Backend,
+		secrets:    opts.Secrets,
+		tokens:     opts.Tokens,
+		log:        opts.Logger,
+		harness:    newHarnessClient(),
+		bus:        newBus(),
+		masterKey:  sha256.Sum256([]byte(opts.Config.MasterKey)),
+		baseCtx:    ctx,
+		cancelBase: cancel,
+		active:     map[string]*turn{},
+
+		pingInterval: pingInterval,
+	}
+	m, err := newMetrics(reg, opts.Store)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	s.metrics = m
+
+	// The server reads bodies up to serverBodyLimit so that limitBody can
+	// answer an over-large API request with a clean 413 (fasthttp itself
+	// would reset the connection while the client is still sending).
+	bodyLimit := serverBodyLimit
+	for _, g := range opts.Groups {
+		bodyLimit = max(bodyLimit, g.BodyLimit)
+	}
+	s.app = fiber.New(fiber.Config{
+		AppName:               "lapd",
+		ErrorHandler:          s.handleError,
+		BodyLimit:             bodyLimit,
+		Immutable:             true, // values outlive handlers (background jobs, streams)
+		DisableStartupMessage: true,
+		ReadTimeout:           time.Minute,
+		IdleTimeout:           2 * time.Minute,
+	})
+	s.routes(reg, opts.Groups)
+	return s, nil
+}
+
+func (s *Server) routes(reg *prometheus.Registry, groups []RouteGroup) {
+	app := s.app
+	app.Use(recover.New())
+	app.Use(s.metrics.middleware)
+	app.Use(func(c *fiber.Ctx) error {
+		c.SetUserContext(s.baseCtx)
+		return c.Next()
+	})
+	open := []string{"/healthz", "/readyz"}
+	for _, g := range groups {
+		if g.OwnAuth {
+			open = append(open, g.Prefix)
+		}
+	}
+	app.Use(s.authExcept(open))
+
+	app.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
+	app.Get("/readyz", s.readyz)
+	app.Get("/metrics", metricsHandler(reg))
+	for _, g := range groups {
+		g.Register(app.Group(g.Prefix))
+	}
+
+	v1 := app.Group(api.BasePath, s.limitBody)
+	v1.Get("/harnesses", s.listHarnesses)
+	v1.Post("/agents", s.createAgent)
+	v1.Get("/agents", s.listAgents)
+	v1.Get("/agents/:id", s.getAgent)
+	v1.Patch("/agents/:id", s.updateAgent)
+	v1.Delete("/agents/:id", s.deleteAgent)
+	v1.Post("/agents/:id/session", s.createSession)
+
+	v1.Get("/sessions", s.listSessions)
+	v1.Get("/sessions/:id", s.getSession)
+	v1.Delete("/sessions/:id", s.deleteSession)
+	v1.Post("/sessions/:id/message", s.sendMessage)
+	v1.Post("/sessions/:id/message_stream", s.streamMessage)
+	v1.Get("/sessions/:id/events", s.sessionEvents)
+	v1.Get("/sessions/:id/messages", s.listMessages)
+	v1.Post("/sessions/:id/abort", s.abortSession)
+	v1.Post("/sessions/:id/restart", s.restartSession)
+	v1.Get("/sessions/:id/log", s.sessionLog)
+	v1.Get("/sessions/:id/diagnose", s.diagnose)
+	v1.All("/sessions/:id/opencode/*", s.passThrough)
+
+	app.Use(func(c *fiber.Ctx) error {
+		return notFound("no route %s %s", c.Method(), c.Path())
+	})
+}
+
+// authExcept checks the master key on every path but those under open.
+func (s *Server) authExcept(open []string) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		path := c.Path()
+		for _, p := range open {
+			if path == p || strings.HasPrefix(path, strings.TrimSuffix(p, "/")+"/") {
+				return c.Next()
+			}
+		}
+		token, ok := strings.CutPrefix(c.Get(fiber.HeaderAuthorization), "Bearer ")
+		got := sha256.Sum256([]byte(strings.TrimSpace(token)))
+		if !ok || subtle.ConstantTimeCompare(got[:], s.masterKey[:]) != 1 {
+			return newAPIError(http.StatusUnauthorized, api.CodeUnauthorized, "missing or wrong bearer token: send Authorization: Bearer $MASTER_KEY")
+		}
+		return c.Next()
+	}
+}
+
+// limitBody holds the management API to 1 MiB bodies even when a route
+// group raised the server-wide limit.
+func (s *Server) limitBody(c *fiber.Ctx) error {
+	if len(c.Body()) > maxBodyBytes {
+		return fiber.ErrRequestEntityTooLarge
+	}
+	return c.Next()
+}
+
+func (s *Server) readyz(c *fiber.Ctx) error {
+	switch {
+	case s.draining.Load():
+		return unavailable("lapd is shutting down")
+	case !s.started.Load():
+		return unavailable("lapd is starting")
+	}
+	return c.JSON(fiber.Map{"status": "ready", "backend": s.backend.Name()})
+}
+
+func (s *Server) listHarnesses(c *fiber.Ctx) error {
+	var out []api.Harness
+	for _, h := range sandboxes.Harnesses() {
+		out = append(out, api.Harness{ID: h.ID, Description: h.Description, Chat: h.Chat})
+	}
+	return c.JSON(api.List[api.Harness]{Data: out})
+}
+
+// App returns the Fiber app, for mounting in tests.
+func (s *Server) App() *fiber.App { return s.app }
+
+// Serve answers requests on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	return s.app.Listener(ln)
+}
+
+// Start makes the store consistent with a fresh process before serving:
+// turns a crash left open become failed, sandboxes a crash left
+// half-provisioned are destroyed, sessions that were being created are
+// provisioned again, and every agent is ensured on the backend (in the
+// background). Call it once, before Serve.
+func (s *Server) Start(ctx context.Context) error {
+	if err := s.recoverState(ctx); err != nil {
+		return fmt.Errorf("start control plane: %w", err)
+	}
+	s.started.Store(true)
+	return nil
+}
+
+// Shutdown stops the server gracefully: readiness fails and new turns are
+// refused, event streams end, the listener closes, and running turns may
+// finish until ctx ends; then they are aborted (and recorded as such) and
+// background jobs are cancelled. The caller closes the store afterwards.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.bus.close()
+	shut := make(chan error, 1)
+	go func() { shut <- s.app.ShutdownWithContext(ctx) }()
+
+	turnsDone := make(chan struct{})
+	go func() { s.turns.Wait(); close(turnsDone) }()
+	select {
+	case <-turnsDone:
+	case <-ctx.Done():
+		s.mu.Lock()
+		for _, t := range s.active {
+			if t != nil { // nil: a maintenance job, not a turn
+				t.abort(abortShutdown)
+			}
+		}
+		s.mu.Unlock()
+		// Aborted turns end within abortGrace (then their calls are cut).
+		select {
+		case <-turnsDone:
+		case <-time.After(abortGrace + 5*time.Second):
+			s.log.Warn("turns still running at shutdown")
+		}
+	}
+	s.cancelBase()
+	s.mu.Lock()
+	s.bgClosed = true
+	s.mu.Unlock()
+	bgDone := make(chan struct{})
+	go func() { s.bg.Wait(); close(bgDone) }()
+	select {
+	case <-bgDone:
+	case <-time.After(10 * time.Second):
+		s.log.Warn("background jobs still running at shutdown")
+	}
+	err := <-shut
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		err = nil // connections still open were cut; that is the bound
+	}
+	return err
+}
+
+// goBackground runs fn as a tracked background job with the server's
+// context. Once Shutdown has given up on running work, fn does not run:
+// what it would have done is redone by Start's recovery.
+func (s *Server) goBackground(fn func(ctx context.Context)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.bgClosed {
+		return
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		fn(s.baseCtx)
+	}()
+}
