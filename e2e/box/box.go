@@ -60,6 +60,10 @@ const (
 	IngressDomain = "box-ingress.knative-serving.svc.cluster.local"
 )
 
+// KeepEnv, when set in the environment, keeps a box's temporary
+// directory (state and every log) after Stop, for debugging.
+const KeepEnv = "LAP_BOX_KEEP"
+
 // SystemNamespace is Knative Serving's namespace.
 const SystemNamespace = "knative-serving"
 
@@ -316,8 +320,10 @@ func (b *Box) Stop() error {
 		errs = append(errs, b.net.Close(ctx))
 		cancel()
 	}
-	if b.ownDir {
+	if b.ownDir && os.Getenv(KeepEnv) == "" {
 		errs = append(errs, os.RemoveAll(b.Dir))
+	} else if b.ownDir {
+		b.log.Info("box: kept its directory ("+KeepEnv+" is set)", "dir", b.Dir)
 	}
 	return errors.Join(errs...)
 }
