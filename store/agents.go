@@ -2,7 +2,6 @@ package store
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -77,12 +76,20 @@ func (s *Store) CreateAgent(ctx context.Context, a Agent) (Agent, error) {
 		if err := names.Put([]byte(a.Name), []byte(a.ID)); err != nil {
 			return err
 		}
+		if err := putAgentIndexes(tx, a); err != nil {
+			return err
+		}
 		return putJSON(agents, []byte(a.ID), a)
 	})
 	if err != nil {
 		return Agent{}, fmt.Errorf("create agent %s: %w", a.Name, err)
 	}
 	return a, nil
+}
+
+// putAgentIndexes adds a to the creation-order index.
+func putAgentIndexes(tx *bolt.Tx, a Agent) error {
+	return tx.Bucket(bucketAgentOrder).Put(posKey(a.CreatedAt, a.ID), []byte(a.ID))
 }
 
 // GetAgent returns the agent with id, or an error wrapping ErrNotFound.
@@ -127,21 +134,23 @@ func (s *Store) ResolveAgent(ctx context.Context, ref string) (Agent, error) {
 
 // UpdateAgent applies fn to the agent with id and stores the result, with
 // UpdatedAt set to now. fn may rename the agent (a taken name returns
-// ErrConflict) but not change its id. An error from fn aborts the update
-// and is returned as is. fn may run more than once.
+// ErrConflict) but not change its id or CreatedAt (both are kept: the
+// agent's place in listings is made of them). An error from fn aborts the
+// update and is returned as is. fn may run more than once.
 func (s *Store) UpdateAgent(ctx context.Context, id string, fn func(*Agent) error) (Agent, error) {
 	var out Agent
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		agents := tx.Bucket(bucketAgents)
-		var a Agent
-		if err := getJSON(agents, []byte(id), &a); err != nil {
+		var old Agent
+		if err := getJSON(agents, []byte(id), &old); err != nil {
 			return err
 		}
+		a := old
 		oldName := a.Name
 		if err := fn(&a); err != nil {
 			return err
 		}
-		a.ID = id
+		a.ID, a.CreatedAt = id, old.CreatedAt
 		a.UpdatedAt = s.now().UTC()
 		if a.Name != oldName {
 			names := tx.Bucket(bucketAgentNames)
@@ -177,6 +186,9 @@ func (s *Store) DeleteAgent(ctx context.Context, id string) error {
 		if err := tx.Bucket(bucketAgentNames).Delete([]byte(a.Name)); err != nil {
 			return err
 		}
+		if err := tx.Bucket(bucketAgentOrder).Delete(posKey(a.CreatedAt, a.ID)); err != nil {
+			return err
+		}
 		return agents.Delete([]byte(id))
 	})
 	if err != nil {
@@ -206,17 +218,20 @@ func (s *Store) ListAgents(ctx context.Context, f AgentFilter) ([]Agent, string,
 	var out []Agent
 	next := ""
 	err = s.view(ctx, func(tx *bolt.Tx) error {
-		return scanDesc(tx.Bucket(bucketAgents).Cursor(), nil, after, func(k, v []byte) (bool, error) {
+		agents := tx.Bucket(bucketAgents).Cursor()
+		var last []byte // position of the last agent in out
+		return scanDesc(tx.Bucket(bucketAgentOrder).Cursor(), nil, after, func(pos, id []byte) (bool, error) {
 			if len(out) == limit {
-				next = encodeCursor(out[len(out)-1].ID)
+				next = encodeCursor(last)
 				return false, nil
 			}
 			var a Agent
-			if err := json.Unmarshal(v, &a); err != nil {
-				return false, fmt.Errorf("decode agent %s: %w", k, err)
+			if err := getIndexed(agents, "agent", id, &a); err != nil {
+				return false, err
 			}
 			if search == "" || strings.Contains(strings.ToLower(a.Name), search) || strings.HasPrefix(a.ID, search) {
 				out = append(out, a)
+				last = pos
 			}
 			return true, nil
 		})
@@ -231,10 +246,11 @@ func (s *Store) ListAgents(ctx context.Context, f AgentFilter) ([]Agent, string,
 func (s *Store) AllAgents(ctx context.Context) ([]Agent, error) {
 	var out []Agent
 	err := s.view(ctx, func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketAgents).ForEach(func(k, v []byte) error {
+		agents := tx.Bucket(bucketAgents).Cursor()
+		return tx.Bucket(bucketAgentOrder).ForEach(func(_, id []byte) error {
 			var a Agent
-			if err := json.Unmarshal(v, &a); err != nil {
-				return fmt.Errorf("decode agent %s: %w", k, err)
+			if err := getIndexed(agents, "agent", id, &a); err != nil {
+				return err
 			}
 			out = append(out, a)
 			return nil

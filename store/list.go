@@ -3,10 +3,12 @@ package store
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/binary"
 	"fmt"
+	"math"
 	"strings"
+	"time"
 
-	"github.com/google/uuid"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -35,47 +37,137 @@ func (p Page) limit() int {
 	return p.Limit
 }
 
-const cursorVersion = "v1:"
+// Ids are random, so key order in a bucket says nothing about age. Every
+// listing in creation order walks an index whose keys end in a position:
+// the record's CreatedAt as 8 big-endian bytes, then its id. Records made
+// in the same nanosecond are ordered by id, so the order is total and the
+// same on every read, and a cursor (a position) resumes exactly where the
+// previous page stopped. Index values hold the id, so a reader needs no
+// arithmetic on the key to find the record.
 
-// encodeCursor makes the opaque cursor that resumes a listing after id.
-func encodeCursor(id string) string {
-	return base64.RawURLEncoding.EncodeToString([]byte(cursorVersion + id))
+// posLen is the length of a position's time part.
+const posLen = 8
+
+// createdNanos is t as nanoseconds since 1970, clamped to what an int64
+// holds (years 1678 to 2262) so that zero or far times still sort.
+func createdNanos(t time.Time) int64 {
+	switch {
+	case t.Before(minPosTime):
+		return math.MinInt64
+	case t.After(maxPosTime):
+		return math.MaxInt64
+	}
+	return t.UnixNano()
 }
 
-// decodeCursor returns the id a cursor resumes after ("" for none).
-func decodeCursor(cursor string) (string, error) {
+var (
+	minPosTime = time.Unix(0, math.MinInt64)
+	maxPosTime = time.Unix(0, math.MaxInt64)
+)
+
+// appendPos appends the position of the record (created, id) to k. The
+// sign bit is flipped so that times before 1970 sort before later ones.
+func appendPos(k []byte, created time.Time, id string) []byte {
+	k = binary.BigEndian.AppendUint64(k, uint64(createdNanos(created))^(1<<63))
+	return append(k, id...)
+}
+
+// posKey is the key of a record in an index over all records of a kind.
+func posKey(created time.Time, id string) []byte {
+	return appendPos(make([]byte, 0, posLen+len(id)), created, id)
+}
+
+// scopedKey is the key of a record in an index grouped by scope (an agent
+// id, a status): scope, "/", position. A scan for one scope seeks to
+// scope+"/", so the scope must not contain "/".
+func scopedKey(scope string, created time.Time, id string) []byte {
+	k := make([]byte, 0, len(scope)+1+posLen+len(id))
+	k = append(append(k, scope...), '/')
+	return appendPos(k, created, id)
+}
+
+// keyScope returns the scope of a scopedKey whose value is the id.
+func keyScope(k, id []byte) ([]byte, bool) {
+	n := len(k) - len(id) - posLen - 1
+	if n < 0 || k[n] != '/' {
+		return nil, false
+	}
+	return k[:n], true
+}
+
+// comparePos orders two records as the indexes do: by CreatedAt, then id.
+func comparePos(aCreated time.Time, aID string, bCreated time.Time, bID string) int {
+	an, bn := createdNanos(aCreated), createdNanos(bCreated)
+	switch {
+	case an < bn:
+		return -1
+	case an > bn:
+		return 1
+	}
+	return strings.Compare(aID, bID)
+}
+
+// cursorVersion starts every cursor. v1 cursors held a bare UUIDv7 id,
+// whose order was creation order; v2 cursors hold a position. A v1
+// cursor (issued before the upgrade) is refused as invalid, and the client
+// starts its listing again.
+const cursorVersion = "v2:"
+
+// encodeCursor makes the opaque cursor that resumes a listing after the
+// record at position pos.
+func encodeCursor(pos []byte) string {
+	return base64.RawURLEncoding.EncodeToString(append([]byte(cursorVersion), pos...))
+}
+
+// decodeCursor returns the position a cursor resumes after (nil for none).
+func decodeCursor(cursor string) ([]byte, error) {
 	if cursor == "" {
-		return "", nil
+		return nil, nil
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(cursor)
 	if err != nil {
-		return "", fmt.Errorf("cursor %q: %w", cursor, ErrInvalidCursor)
+		return nil, fmt.Errorf("cursor %q: %w", cursor, ErrInvalidCursor)
 	}
-	id, ok := strings.CutPrefix(string(raw), cursorVersion)
-	if _, err := uuid.Parse(id); !ok || err != nil {
-		return "", fmt.Errorf("cursor %q: %w", cursor, ErrInvalidCursor)
+	pos, ok := bytes.CutPrefix(raw, []byte(cursorVersion))
+	if !ok || len(pos) <= posLen {
+		return nil, fmt.Errorf("cursor %q: %w", cursor, ErrInvalidCursor)
 	}
-	return id, nil
+	return pos, nil
 }
 
-// scanDesc visits the keys of c that start with prefix in descending order,
-// beginning strictly below prefix+after (after "" = from the newest). fn
-// returns false to stop. Ids are UUIDv7, so key order is creation order.
-func scanDesc(c *bolt.Cursor, prefix []byte, after string, fn func(k, v []byte) (bool, error)) error {
-	start := append(bytes.Clone(prefix), after...)
-	if after == "" {
-		start = append(start, 0xff)
+// scanDesc visits the keys of an index that start with prefix (a scope
+// and "/", or nil for an unscoped index) from the newest down, beginning
+// strictly below prefix+after (after nil: from the newest). fn gets the
+// key's position part and the value (the id) and returns false to stop.
+func scanDesc(c *bolt.Cursor, prefix, after []byte, fn func(pos, id []byte) (bool, error)) error {
+	var k, v []byte
+	if after != nil {
+		k, v = c.Seek(append(bytes.Clone(prefix), after...))
+	} else if end := prefixEnd(prefix); end != nil {
+		k, v = c.Seek(end)
 	}
-	k, v := c.Seek(start)
 	if k == nil {
 		k, v = c.Last()
 	} else {
 		k, v = c.Prev()
 	}
 	for ; k != nil && bytes.HasPrefix(k, prefix); k, v = c.Prev() {
-		more, err := fn(k, v)
+		more, err := fn(k[len(prefix):], v)
 		if err != nil || !more {
 			return err
+		}
+	}
+	return nil
+}
+
+// prefixEnd returns the smallest key greater than every key starting with
+// prefix, or nil when there is none (prefix empty or all 0xff).
+func prefixEnd(prefix []byte) []byte {
+	end := bytes.Clone(prefix)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
 		}
 	}
 	return nil

@@ -1,9 +1,11 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -231,9 +233,10 @@ func (s *Store) ListMessages(ctx context.Context, sessionID string, afterSeq int
 }
 
 // FailOpenMessages marks every pending or running message failed with
-// the given error, and returns them as updated. lapd calls it once at
-// start-up, before serving: a turn that was running when lapd stopped can
-// never finish, and must read as failed rather than vanish or hang.
+// the given error, and returns them as updated, oldest first. lapd calls
+// it once at start-up, before serving: a turn that was running when lapd
+// stopped can never finish, and must read as failed rather than vanish or
+// hang.
 func (s *Store) FailOpenMessages(ctx context.Context, cause MessageError) ([]Message, error) {
 	var out []Message
 	err := s.update(ctx, func(tx *bolt.Tx) error {
@@ -268,5 +271,16 @@ func (s *Store) FailOpenMessages(ctx context.Context, cause MessageError) ([]Mes
 	if err != nil {
 		return nil, fmt.Errorf("fail open messages: %w", err)
 	}
+	// The index is ordered by session id (random) and seq as text ("10"
+	// before "9"); callers get the order the messages were written in.
+	slices.SortFunc(out, func(a, b Message) int {
+		if c := a.CreatedAt.Compare(b.CreatedAt); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.SessionID, b.SessionID); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Seq, b.Seq)
+	})
 	return out, nil
 }

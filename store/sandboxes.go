@@ -35,6 +35,10 @@ type Sandbox struct {
 	// HarnessToken is the sandbox's HARNESS_AUTH_TOKEN, kept so lapd can
 	// reach the harness again after a restart.
 	HarnessToken string `json:"harness_token,omitempty"`
+	// HarnessSessionID is the harness session opened ahead on a warm
+	// sandbox, handed to the session that claims it so that a warm claim
+	// needs no harness round trip that writes.
+	HarnessSessionID string `json:"harness_session_id,omitempty"`
 	// Backend is the backend's own record (a sandboxes.Sandbox as JSON),
 	// stored as returned and handed back on every backend call.
 	Backend   json.RawMessage `json:"backend,omitempty"`
@@ -86,12 +90,12 @@ func putSandbox(tx *bolt.Tx, sb Sandbox, now time.Time) (Sandbox, error) {
 	sb.UpdatedAt = now
 	warm := tx.Bucket(bucketWarm)
 	if old.State == SandboxWarm && (sb.State != SandboxWarm || old.AgentID != sb.AgentID) {
-		if err := warm.Delete(indexKey(old.AgentID, sb.ID)); err != nil {
+		if err := warm.Delete(scopedKey(old.AgentID, old.CreatedAt, sb.ID)); err != nil {
 			return Sandbox{}, err
 		}
 	}
 	if sb.State == SandboxWarm {
-		if err := warm.Put(indexKey(sb.AgentID, sb.ID), nil); err != nil {
+		if err := warm.Put(scopedKey(sb.AgentID, sb.CreatedAt, sb.ID), []byte(sb.ID)); err != nil {
 			return Sandbox{}, err
 		}
 	}
@@ -148,12 +152,12 @@ func (s *Store) ClaimWarmSandbox(ctx context.Context, agentID string, generation
 		prefix := []byte(agentID + "/")
 		sandboxes := tx.Bucket(bucketSandboxes)
 		c := tx.Bucket(bucketWarm).Cursor()
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		for k, id := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, id = c.Next() {
 			var sb Sandbox
-			if err := getJSON(sandboxes, k[len(prefix):], &sb); err != nil {
-				return fmt.Errorf("warm index names sandbox %s: %w", k[len(prefix):], err)
+			if err := getIndexed(sandboxes.Cursor(), "sandbox", id, &sb); err != nil {
+				return err
 			}
-			if sb.State != SandboxWarm || sb.Generation != generation {
+			if sb.AgentID != agentID || sb.State != SandboxWarm || sb.Generation != generation {
 				continue
 			}
 			sb.State, sb.SessionID = SandboxClaimed, sessionID
@@ -175,7 +179,10 @@ type SandboxFilter struct {
 	States  []string // empty for every state
 }
 
-// ListSandboxes returns the sandbox records matching f, oldest first.
+// ListSandboxes returns the sandbox records matching f, oldest first (by
+// CreatedAt, then id, as the listings order). It reads every record: the
+// control plane calls it at start-up and when an agent is deleted, not
+// per request.
 func (s *Store) ListSandboxes(ctx context.Context, f SandboxFilter) ([]Sandbox, error) {
 	var out []Sandbox
 	err := s.view(ctx, func(tx *bolt.Tx) error {
@@ -193,5 +200,6 @@ func (s *Store) ListSandboxes(ctx context.Context, f SandboxFilter) ([]Sandbox, 
 	if err != nil {
 		return nil, fmt.Errorf("list sandboxes: %w", err)
 	}
+	slices.SortFunc(out, func(a, b Sandbox) int { return comparePos(a.CreatedAt, a.ID, b.CreatedAt, b.ID) })
 	return out, nil
 }

@@ -48,8 +48,6 @@ const (
 	LogPhase  = "phase"
 )
 
-func indexKey(a, b string) []byte { return []byte(a + "/" + b) }
-
 // CreateSession stores a new session. An empty ID is filled with NewID;
 // CreatedAt, UpdatedAt and LastActiveAt are set to now. The agent must
 // exist (ErrNotFound otherwise). The first status and phase go into the
@@ -68,10 +66,7 @@ func (s *Store) CreateSession(ctx context.Context, sess Session) (Session, error
 		if sessions.Get([]byte(sess.ID)) != nil {
 			return fmt.Errorf("session id %s exists: %w", sess.ID, ErrConflict)
 		}
-		if err := tx.Bucket(bucketSessAgent).Put(indexKey(sess.AgentID, sess.ID), nil); err != nil {
-			return err
-		}
-		if err := tx.Bucket(bucketSessStatus).Put(indexKey(sess.Status, sess.ID), nil); err != nil {
+		if err := putSessionIndexes(tx, sess); err != nil {
 			return err
 		}
 		if err := logChanges(tx, Session{}, sess, now); err != nil {
@@ -83,6 +78,19 @@ func (s *Store) CreateSession(ctx context.Context, sess Session) (Session, error
 		return Session{}, fmt.Errorf("create session: %w", err)
 	}
 	return sess, nil
+}
+
+// putSessionIndexes adds sess to the creation-order indexes: all
+// sessions, its agent's, its status's.
+func putSessionIndexes(tx *bolt.Tx, sess Session) error {
+	id := []byte(sess.ID)
+	if err := tx.Bucket(bucketSessOrder).Put(posKey(sess.CreatedAt, sess.ID), id); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketSessAgent).Put(scopedKey(sess.AgentID, sess.CreatedAt, sess.ID), id); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketSessStatus).Put(scopedKey(sess.Status, sess.CreatedAt, sess.ID), id)
 }
 
 // GetSession returns the session with id, or an error wrapping ErrNotFound.
@@ -125,8 +133,10 @@ func (s *Store) ResolveSession(ctx context.Context, ref string) (Session, error)
 // UpdateSession applies fn to the session with id and stores the result
 // with UpdatedAt set to now, keeping the status index current. A change of
 // Status or Phase is added to the session's timeline in the same
-// transaction. fn must not change ID or AgentID; an error from fn aborts
-// the update and is returned as is. fn may run more than once.
+// transaction. fn must not change ID, AgentID or CreatedAt (they are
+// kept: the session's place in the listings is made of them); an error
+// from fn aborts the update and is returned as is. fn may run more than
+// once.
 func (s *Store) UpdateSession(ctx context.Context, id string, fn func(*Session) error) (Session, error) {
 	var out Session
 	err := s.update(ctx, func(tx *bolt.Tx) error {
@@ -150,14 +160,14 @@ func updateSession(tx *bolt.Tx, id string, now time.Time, fn func(*Session) erro
 	if err := fn(&sess); err != nil {
 		return Session{}, err
 	}
-	sess.ID, sess.AgentID = old.ID, old.AgentID
+	sess.ID, sess.AgentID, sess.CreatedAt = old.ID, old.AgentID, old.CreatedAt
 	sess.UpdatedAt = now
 	if sess.Status != old.Status {
 		status := tx.Bucket(bucketSessStatus)
-		if err := status.Delete(indexKey(old.Status, id)); err != nil {
+		if err := status.Delete(scopedKey(old.Status, old.CreatedAt, old.ID)); err != nil {
 			return Session{}, err
 		}
-		if err := status.Put(indexKey(sess.Status, id), nil); err != nil {
+		if err := status.Put(scopedKey(sess.Status, sess.CreatedAt, sess.ID), []byte(sess.ID)); err != nil {
 			return Session{}, err
 		}
 	}
@@ -205,34 +215,27 @@ func (s *Store) ListSessions(ctx context.Context, f SessionFilter) ([]Session, s
 	var out []Session
 	next := ""
 	err = s.view(ctx, func(tx *bolt.Tx) error {
-		sessions := tx.Bucket(bucketSessions)
-		var c *bolt.Cursor
-		var prefix []byte
+		sessions := tx.Bucket(bucketSessions).Cursor()
+		index, prefix := bucketSessOrder, []byte(nil)
 		switch {
 		case f.AgentID != "":
-			c, prefix = tx.Bucket(bucketSessAgent).Cursor(), []byte(f.AgentID+"/")
+			index, prefix = bucketSessAgent, []byte(f.AgentID+"/")
 		case f.Status != "":
-			c, prefix = tx.Bucket(bucketSessStatus).Cursor(), []byte(f.Status+"/")
-		default:
-			c = sessions.Cursor()
+			index, prefix = bucketSessStatus, []byte(f.Status+"/")
 		}
-		return scanDesc(c, prefix, after, func(k, v []byte) (bool, error) {
+		var last []byte // position of the last session in out
+		return scanDesc(tx.Bucket(index).Cursor(), prefix, after, func(pos, id []byte) (bool, error) {
 			if len(out) == limit {
-				next = encodeCursor(out[len(out)-1].ID)
+				next = encodeCursor(last)
 				return false, nil
 			}
-			if prefix != nil {
-				id := k[len(prefix):]
-				if v = sessions.Get(id); v == nil {
-					return false, fmt.Errorf("index names missing session %s", id)
-				}
-			}
 			var sess Session
-			if err := json.Unmarshal(v, &sess); err != nil {
-				return false, fmt.Errorf("decode session %s: %w", k, err)
+			if err := getIndexed(sessions, "session", id, &sess); err != nil {
+				return false, err
 			}
-			if f.Status == "" || sess.Status == f.Status {
+			if (f.AgentID == "" || sess.AgentID == f.AgentID) && (f.Status == "" || sess.Status == f.Status) {
 				out = append(out, sess)
+				last = pos
 			}
 			return true, nil
 		})
@@ -250,8 +253,8 @@ func (s *Store) SessionIDsByStatus(ctx context.Context, status string) ([]string
 	prefix := []byte(status + "/")
 	err := s.view(ctx, func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketSessStatus).Cursor()
-		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			ids = append(ids, string(k[len(prefix):]))
+		for k, id := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, id = c.Next() {
+			ids = append(ids, string(id))
 		}
 		return nil
 	})
@@ -265,13 +268,12 @@ func (s *Store) SessionIDsByStatus(ctx context.Context, status string) ([]string
 func (s *Store) CountSessionsByStatus(ctx context.Context) (map[string]int, error) {
 	counts := map[string]int{}
 	err := s.view(ctx, func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketSessStatus).ForEach(func(k, _ []byte) error {
-			for i := len(k) - 1; i >= 0; i-- {
-				if k[i] == '/' {
-					counts[string(k[:i])]++
-					break
-				}
+		return tx.Bucket(bucketSessStatus).ForEach(func(k, id []byte) error {
+			status, ok := keyScope(k, id)
+			if !ok {
+				return fmt.Errorf("status index key %q for session %s is malformed", k, id)
 			}
+			counts[string(status)]++
 			return nil
 		})
 	})

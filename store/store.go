@@ -7,11 +7,16 @@
 // group committer (see update), so many sessions appending at once share one
 // fsync instead of queueing for one each.
 //
+// Ids are random UUIDv4 strings (NewID). Listings are nonetheless in
+// creation order, newest first, and page with opaque cursors: they walk
+// indexes keyed by CreatedAt and id (see list.go), not the id order.
+//
 // Values returned by the store are copies: they stay valid after the call
 // and may be modified by the caller.
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -46,23 +51,31 @@ var (
 const FileName = "lap.db"
 
 // SchemaVersion is the version of the bucket layout this code writes.
-const SchemaVersion = 1
+//
+//  1. Ids were UUIDv7, and listings walked the id order of the record
+//     buckets and of index keys "scope/id".
+//  2. Ids are random (UUIDv4); every listing walks an index whose keys end
+//     in a position, CreatedAt then id (see list.go).
+const SchemaVersion = 2
 
-// Bucket names. Index buckets hold keys only (empty values).
+// Bucket names. The indexes whose keys hold a position are in creation
+// order (see posKey and scopedKey) and hold the record's id as value;
+// open_messages holds keys only.
 var (
 	bucketMeta       = []byte("meta")
-	bucketAgents     = []byte("agents")            // agent id → Agent
-	bucketAgentNames = []byte("agent_names")       // name → agent id
-	bucketSessions   = []byte("sessions")          // session id → Session
-	bucketSessAgent  = []byte("sessions_by_agent") // agent id + "/" + session id
-	bucketSessStatus = []byte("sessions_by_status")
-	bucketSandboxes  = []byte("sandboxes")     // sandbox id → Sandbox
-	bucketWarm       = []byte("warm")          // agent id + "/" + sandbox id of warm sandboxes
-	bucketMessages   = []byte("messages")      // session id → bucket: seq → Message
-	bucketOpenTurns  = []byte("open_messages") // session id + "/" + seq of pending/running messages
-	bucketTimeline   = []byte("timeline")      // session id → bucket: seq → LogEntry
+	bucketAgents     = []byte("agents")              // agent id → Agent
+	bucketAgentNames = []byte("agent_names")         // name → agent id
+	bucketAgentOrder = []byte("agents_by_created")   // position → agent id
+	bucketSessions   = []byte("sessions")            // session id → Session
+	bucketSessOrder  = []byte("sessions_by_created") // position → session id
+	bucketSessAgent  = []byte("sessions_by_agent")   // agent id + "/" + position → session id
+	bucketSessStatus = []byte("sessions_by_status")  // status + "/" + position → session id
+	bucketSandboxes  = []byte("sandboxes")           // sandbox id → Sandbox
+	bucketWarm       = []byte("warm")                // agent id + "/" + position of warm sandboxes → sandbox id
+	bucketMessages   = []byte("messages")            // session id → bucket: seq → Message
+	bucketOpenTurns  = []byte("open_messages")       // session id + "/" + seq of pending/running messages
+	bucketTimeline   = []byte("timeline")            // session id → bucket: seq → LogEntry
 	keySchemaVersion = []byte("schema_version")
-	allBuckets       = [][]byte{bucketMeta, bucketAgents, bucketAgentNames, bucketSessions, bucketSessAgent, bucketSessStatus, bucketSandboxes, bucketWarm, bucketMessages, bucketOpenTurns, bucketTimeline}
 )
 
 // migration brings the file from version to-1 to version to.
@@ -73,16 +86,64 @@ type migration struct {
 
 // migrations are applied in order at Open; a new layout appends one and
 // raises SchemaVersion. Each runs in the same transaction as the version
-// bump, so a crash mid-migration leaves the old version intact.
+// bump, so a crash mid-migration leaves the old version intact. A
+// migration is history: it must keep doing what it did when written.
 var migrations = []migration{
 	{to: 1, fn: func(tx *bolt.Tx) error {
-		for _, b := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return fmt.Errorf("create bucket %s: %w", b, err)
+		for _, name := range []string{"meta", "agents", "agent_names", "sessions", "sessions_by_agent",
+			"sessions_by_status", "sandboxes", "warm", "messages", "open_messages", "timeline"} {
+			if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
+				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
 		}
 		return nil
 	}},
+	{to: 2, fn: rebuildIndexes},
+}
+
+// rebuildIndexes drops the creation-order indexes and writes them again
+// from the records, which hold everything the keys are made of.
+func rebuildIndexes(tx *bolt.Tx) error {
+	for _, name := range [][]byte{bucketAgentOrder, bucketSessOrder, bucketSessAgent, bucketSessStatus, bucketWarm} {
+		if tx.Bucket(name) != nil {
+			if err := tx.DeleteBucket(name); err != nil {
+				return fmt.Errorf("drop index %s: %w", name, err)
+			}
+		}
+		if _, err := tx.CreateBucket(name); err != nil {
+			return fmt.Errorf("create index %s: %w", name, err)
+		}
+	}
+	err := tx.Bucket(bucketAgents).ForEach(func(k, v []byte) error {
+		var a Agent
+		if err := json.Unmarshal(v, &a); err != nil {
+			return fmt.Errorf("decode agent %s: %w", k, err)
+		}
+		return putAgentIndexes(tx, a)
+	})
+	if err != nil {
+		return err
+	}
+	err = tx.Bucket(bucketSessions).ForEach(func(k, v []byte) error {
+		var sess Session
+		if err := json.Unmarshal(v, &sess); err != nil {
+			return fmt.Errorf("decode session %s: %w", k, err)
+		}
+		return putSessionIndexes(tx, sess)
+	})
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketSandboxes).ForEach(func(k, v []byte) error {
+		var sb Sandbox
+		if err := json.Unmarshal(v, &sb); err != nil {
+			return fmt.Errorf("decode sandbox %s: %w", k, err)
+		}
+		if sb.State != SandboxWarm {
+			return nil
+		}
+		return tx.Bucket(bucketWarm).Put(scopedKey(sb.AgentID, sb.CreatedAt, sb.ID), []byte(sb.ID))
+	})
 }
 
 // Options tune Open.
@@ -323,9 +384,12 @@ func (s *Store) view(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 	return s.db.View(fn)
 }
 
-// NewID returns a new time-ordered id (UUIDv7), the form of every id in lap.
+// NewID returns a new random id (UUIDv4), the form of every id in lap.
+// Ids carry no time: their first 8 hex digits, which the CLI prints and
+// Knative names are made of, differ between ids made at the same moment.
+// Listings get their order from CreatedAt instead (see list.go).
 func NewID() string {
-	return uuid.Must(uuid.NewV7()).String()
+	return uuid.New().String()
 }
 
 func getJSON(b *bolt.Bucket, key []byte, v any) error {
@@ -334,6 +398,22 @@ func getJSON(b *bolt.Bucket, key []byte, v any) error {
 		return ErrNotFound
 	}
 	return json.Unmarshal(raw, v)
+}
+
+// getIndexed reads into v the record an index entry names, with c a
+// cursor on the records' bucket: a listing reads many records, and one
+// reused cursor saves the allocations of a Bucket.Get per record. A
+// missing record is damage, not a lookup miss, so it is reported without
+// ErrNotFound (which the API would turn into a 404).
+func getIndexed(c *bolt.Cursor, kind string, id []byte, v any) error {
+	k, raw := c.Seek(id)
+	if raw == nil || !bytes.Equal(k, id) {
+		return fmt.Errorf("index names missing %s %s", kind, id)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("decode %s %s: %w", kind, id, err)
+	}
+	return nil
 }
 
 func putJSON(b *bolt.Bucket, key []byte, v any) error {

@@ -78,7 +78,7 @@ func Run(t *testing.T, b sandboxes.Backend, opts Options) {
 			ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
 			defer cancel()
 			agent := opts.Agent
-			agent.ID = uuid.Must(uuid.NewV7()).String()
+			agent.ID = uuid.New().String()
 			agent.Name = "conf-" + strings.ToLower(tt.name)
 			if len(agent.Name) > 40 {
 				agent.Name = agent.Name[:40]
@@ -104,7 +104,7 @@ func (s *suite) provision(t *testing.T, ctx context.Context, agent sandboxes.Age
 	t.Helper()
 	token := uuid.NewString()
 	spec := sandboxes.Spec{
-		ID:    uuid.Must(uuid.NewV7()).String(),
+		ID:    uuid.New().String(),
 		Role:  sandboxes.RoleSession,
 		Agent: agent,
 		Env:   map[string]string{"HARNESS_AUTH_TOKEN": token, "LITELLM_API_KEY": "lapsb_conformance"},
@@ -261,7 +261,7 @@ func (s *suite) destroy(t *testing.T, ctx context.Context, agent sandboxes.Agent
 func (s *suite) cancelledProvision(t *testing.T, ctx context.Context, agent sandboxes.AgentSpec) {
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	id := uuid.Must(uuid.NewV7()).String()
+	id := uuid.New().String()
 	_, err := s.b.Provision(cctx, sandboxes.Spec{ID: id, Role: sandboxes.RoleSession, Agent: agent,
 		Env: map[string]string{"HARNESS_AUTH_TOKEN": uuid.NewString()}})
 	require.Error(t, err, "Provision with a cancelled context")
@@ -282,7 +282,7 @@ func (s *suite) concurrentProvisions(t *testing.T, ctx context.Context, agent sa
 		go func() {
 			defer wg.Done()
 			token := uuid.NewString()
-			sb, err := s.b.Provision(ctx, sandboxes.Spec{ID: uuid.Must(uuid.NewV7()).String(), Role: sandboxes.RoleWarm, Agent: agent,
+			sb, err := s.b.Provision(ctx, sandboxes.Spec{ID: uuid.New().String(), Role: sandboxes.RoleWarm, Agent: agent,
 				Env: map[string]string{"HARNESS_AUTH_TOKEN": token}})
 			assert.NoError(t, err, "concurrent Provision %d", i)
 			results[i] = result{sb, token}

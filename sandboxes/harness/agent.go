@@ -40,9 +40,10 @@ func (t *turn) wait() protocol.Message {
 	return t.result
 }
 
-// newID returns a UUIDv7 string; it panics only if the system's random
-// source fails, which uuid itself treats as fatal too.
-func newID() string { return uuid.Must(uuid.NewV7()).String() }
+// newID returns a random UUID (v4) string, the form of every id in lap;
+// it panics only if the system's random source fails, which uuid itself
+// treats as fatal too.
+func newID() string { return uuid.New().String() }
 
 // startTurn records the user message and the (empty) assistant message
 // and runs the agent loop in the background. It fails with 400 for an

@@ -328,7 +328,8 @@ func (s *Server) session(id string) (*session, bool) {
 	return sess, ok
 }
 
-// sessionList returns every session, oldest first.
+// sessionList returns every session, oldest first: by creation time
+// (milliseconds), then by id. Ids are random, so they only break ties.
 func (s *Server) sessionList() []*session {
 	s.mu.Lock()
 	list := make([]*session, 0, len(s.sessions))
@@ -336,7 +337,19 @@ func (s *Server) sessionList() []*session {
 		list = append(list, sess)
 	}
 	s.mu.Unlock()
-	sort.Slice(list, func(i, j int) bool { return list[i].id < list[j].id })
+	created := make(map[*session]int64, len(list))
+	for _, sess := range list {
+		sess.mu.Lock()
+		created[sess] = sess.t.Created
+		sess.mu.Unlock()
+	}
+	sort.Slice(list, func(i, j int) bool {
+		a, b := list[i], list[j]
+		if created[a] != created[b] {
+			return created[a] < created[b]
+		}
+		return a.id < b.id
+	})
 	return list
 }
 

@@ -114,7 +114,7 @@ func (sess *session) abort(ctx context.Context) bool {
 
 // newSession creates a session, seeded with req.History, and persists it.
 func (s *Server) newSession(req protocol.CreateSessionRequest) (*session, error) {
-	id, err := uuid.NewV7()
+	id, err := uuid.NewRandom()
 	if err != nil {
 		return nil, fmt.Errorf("new session id: %w", err)
 	}
@@ -132,7 +132,7 @@ func (s *Server) newSession(req protocol.CreateSessionRequest) (*session, error)
 		m = copyMessage(m)
 		m.Info.SessionID = t.ID
 		if m.Info.ID == "" {
-			mid, err := uuid.NewV7()
+			mid, err := uuid.NewRandom()
 			if err != nil {
 				return nil, fmt.Errorf("new message id: %w", err)
 			}
