@@ -38,6 +38,7 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 	netclient "knative.dev/networking/pkg/client/clientset/versioned"
 	servingclient "knative.dev/serving/pkg/client/clientset/versioned"
 
@@ -82,6 +83,11 @@ type Options struct {
 	// Config overrides keys of Knative's ConfigMaps in knative-serving, by
 	// ConfigMap name, after lap's patches and the box's own settings.
 	Config map[string]map[string]string
+	// Tokens are extra users the apiserver authenticates (e.g. lapd's
+	// ServiceAccount, to run lapd under its own RBAC).
+	Tokens []kubeapitest.Token
+	// APIServerArgs are extra kube-apiserver flags (e.g. an audit policy).
+	APIServerArgs []string
 	// Timeout bounds the start; 0 = five minutes.
 	Timeout time.Duration
 }
@@ -108,6 +114,7 @@ type Box struct {
 
 	root    string
 	ownDir  bool
+	compIPs map[string]netip.Addr
 	log     *slog.Logger
 	net     *boxnet.Net
 	api     *kubeapitest.Server
@@ -200,6 +207,8 @@ func (b *Box) start(ctx context.Context, opts Options, bins binaryPaths) error {
 			Dir:      filepath.Join(b.Dir, "kubeapi"),
 			ListenIP: b.HostIP.String(),
 			Env:      []string{b.Env()},
+			Tokens:   opts.Tokens,
+			Args:     opts.APIServerArgs,
 		})
 		if err != nil {
 			return err
@@ -267,6 +276,23 @@ func (b *Box) start(ctx context.Context, opts Options, bins binaryPaths) error {
 	}
 	b.log.Info("box: up", "took", time.Since(begin).Round(time.Millisecond), "slot", b.Slot, "host", b.HostIP, "ingress", b.IngressURL, "dir", b.Dir)
 	return nil
+}
+
+// ComponentIP is the address of one of Knative's components: "webhook",
+// "controller", "autoscaler" or "activator".
+func (b *Box) ComponentIP(name string) netip.Addr { return b.compIPs[name] }
+
+// KubeconfigFor writes a kubeconfig for the user of one of
+// Options.Tokens to path: the box's apiserver, its CA, that token.
+func (b *Box) KubeconfigFor(token, path string) error {
+	cfg, err := clientcmd.LoadFromFile(b.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	for _, ai := range cfg.AuthInfos {
+		ai.Token = token
+	}
+	return clientcmd.WriteToFile(*cfg, path)
 }
 
 // StartupTime is the sum of the start's steps.

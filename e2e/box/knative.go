@@ -243,6 +243,7 @@ func (k *knative) namespaces(ctx context.Context) error {
 		k.comps[name].ns = ns
 		ips[name] = ns.IP
 	}
+	k.b.compIPs = ips
 	hosts := map[string]netip.Addr{}
 	for _, s := range k.services {
 		c := k.componentOf(s)
