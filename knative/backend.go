@@ -179,8 +179,12 @@ func preflight(ctx context.Context, sc servingclient.Interface, ns string) error
 	}
 }
 
-// Close stops the informers.
-func (b *Backend) Close() { b.stop() }
+// Close stops the informers. Sandboxes keep running on the cluster for
+// the next lapd to adopt.
+func (b *Backend) Close(context.Context) error {
+	b.stop()
+	return nil
+}
 
 // ParamsFromConfig resolves the builders' inputs from lap's settings.
 func ParamsFromConfig(cfg config.Config) (Params, error) {

@@ -460,7 +460,7 @@ func TestAdoption(t *testing.T) {
 	require.NoError(t, err)
 	idle, err = r.b.Suspend(r.ctx(), idle)
 	require.NoError(t, err)
-	r.b.Close()
+	require.NoError(t, r.b.Close(t.Context()))
 
 	restarted := newRigBackend(t, r)
 	listed, err := restarted.List(r.ctx())
@@ -489,7 +489,7 @@ func newRigBackend(t *testing.T, r *rig) *Backend {
 	b, err := NewForConfig(ctx, r.cfg, r.b.log, apiServer(t).Config)
 	require.NoError(t, err)
 	b.http = r.fake.httpClient()
-	t.Cleanup(b.Close)
+	t.Cleanup(func() { b.Close(context.Background()) })
 	return b
 }
 
