@@ -31,11 +31,14 @@ run: build
 
 ## test: every test that runs on one machine without a network
 # Knative in a box's end-to-end packages run verbosely, so the log shows
-# the box's start-up and each step's duration.
+# the box's start-up and each step's duration; they run even when other
+# packages fail, and make fails at the end if either run failed.
 BOX_E2E := lap.dev/lap/e2e/box lap.dev/lap/e2e/lapdbox
 test: build box
-	LAP_KUBEAPI_BIN=$(KUBEAPI) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -vxF $(addprefix -e ,$(BOX_E2E)))
-	$(GO) test -count=1 -v -timeout $(TEST_TIMEOUT) $(BOX_E2E)
+	rc=0; \
+	LAP_KUBEAPI_BIN=$(KUBEAPI) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -vxF $(addprefix -e ,$(BOX_E2E))) || rc=$$?; \
+	$(GO) test -count=1 -v -timeout $(TEST_TIMEOUT) $(BOX_E2E) || rc=$$?; \
+	exit $$rc
 
 ## bench: print lap's speed and memory figures
 bench: build box

@@ -72,6 +72,11 @@ func (c *container) supervise(ctx context.Context) {
 			backoff = min(2*backoff, backoffMax)
 			continue
 		}
+		if c.w.terminating() {
+			// The pod began to stop while this run started: stopContainers
+			// may have looked before there was a process to stop.
+			c.stop()
+		}
 		started := time.Now()
 		probeCtx, cancel := context.WithCancel(ctx)
 		probed := make(chan struct{})

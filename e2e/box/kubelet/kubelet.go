@@ -34,7 +34,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/big"
@@ -53,6 +52,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/retry"
 
 	"lap.dev/lap/e2e/box/boxnet"
 )
@@ -304,14 +304,18 @@ func (k *Kubelet) bind(ctx context.Context, pod *corev1.Pod) {
 	}
 }
 
-// finishDelete removes a deleting pod that runs nothing here.
+// finishDelete removes a deleting pod that runs nothing (any more) here,
+// retrying what may pass: nothing else would bring the pod back to us.
 func (k *Kubelet) finishDelete(ctx context.Context, pod *corev1.Pod) {
 	zero := int64(0)
-	err := k.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
-		GracePeriodSeconds: &zero,
-		Preconditions:      &metav1.Preconditions{UID: &pod.UID},
+	gone := func(err error) bool { return apierrors.IsNotFound(err) || apierrors.IsConflict(err) }
+	err := retry.OnError(retry.DefaultBackoff, func(err error) bool { return !gone(err) && ctx.Err() == nil }, func() error {
+		return k.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, metav1.DeleteOptions{
+			GracePeriodSeconds: &zero,
+			Preconditions:      &metav1.Preconditions{UID: &pod.UID},
+		})
 	})
-	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) && ctx.Err() == nil {
+	if err != nil && !gone(err) && ctx.Err() == nil {
 		k.log.Warn("delete pod", "pod", pod.Namespace+"/"+pod.Name, "err", err)
 	}
 }
@@ -479,5 +483,3 @@ func selfSigned(ip string) (tls.Certificate, error) {
 }
 
 func ptr[T any](v T) *T { return &v }
-
-var errTerminated = errors.New("pod terminated")
