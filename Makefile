@@ -5,7 +5,18 @@ BIN   := $(CURDIR)/bin
 # Test timeout for the whole suite; CI gives us 90 minutes in all.
 TEST_TIMEOUT ?= 45m
 
-.PHONY: all build run test test-unit bench lint clean
+# --- Knative: the test kube-apiserver -------------------------------------
+# A real kube-apiserver with embedded etcd, from e2e/kubeapi (its own module:
+# it needs k8s.io/* v0.34, lap's Knative libraries v0.29). The knative tests
+# exec it through e2e/kubeapitest. Make rebuilds it only when its sources
+# change; the first build takes minutes, later ones come from Go's cache.
+KUBEAPI         := $(BIN)/lap-kubeapi
+KUBEAPI_VERSION := v1.34.4
+KUBEAPI_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBEAPI_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34
+KUBEAPI_SRC     := $(wildcard e2e/kubeapi/*.go) e2e/kubeapi/go.mod e2e/kubeapi/go.sum
+
+.PHONY: all build run test test-unit bench lint clean kubeapi kind-up kind-deploy e2e-kind kind-lint
 
 all: build
 
@@ -19,12 +30,36 @@ run: build
 	$(BIN)/lapd
 
 ## test: every test that runs on one machine without a network
-test: build
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+test: build $(KUBEAPI)
+	LAP_KUBEAPI_BIN=$(KUBEAPI) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 ## bench: print lap's speed and memory figures
-bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./...
+bench: build $(KUBEAPI)
+	LAP_KUBEAPI_BIN=$(KUBEAPI) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./...
+
+## kubeapi: build bin/lap-kubeapi (kube-apiserver + etcd for tests)
+kubeapi: $(KUBEAPI)
+$(KUBEAPI): $(KUBEAPI_SRC)
+	cd e2e/kubeapi && $(GO) build -ldflags '$(KUBEAPI_LDFLAGS)' -o $(KUBEAPI) .
+
+# --- Knative: quickstart on kind (needs docker, kind, kubectl, ko, kn and
+# the internet; see the README's "lap on Knative") -------------------------
+## kind-up: kind cluster with Knative Serving 1.15, Kourier and sslip.io
+kind-up:
+	e2e/kind/up.sh
+
+## kind-deploy: build and load lap's images, patch Knative, apply config/deploy
+kind-deploy:
+	e2e/kind/deploy.sh
+
+## e2e-kind: agent, session and message through the cluster; idle to zero and back
+e2e-kind:
+	e2e/kind/e2e.sh
+
+## kind-lint: shellcheck and bash -n the kind scripts (runs anywhere)
+kind-lint:
+	shellcheck -x e2e/kind/*.sh
+	for f in e2e/kind/*.sh; do bash -n $$f; done
 
 ## lint: formatting and vet
 lint:
@@ -33,3 +68,53 @@ lint:
 
 clean:
 	rm -rf $(BIN)
+
+## ---- Node.js harnesses (sandboxes/claude-agent-sdk, sandboxes/opencode) ----
+# Built from their lockfiles with npm ci; a stamp in node_modules skips the
+# install until the lockfile changes.
+NPM  ?= npm
+NODE ?= node
+SDK_DIR := sandboxes/claude-agent-sdk
+OPENCODE_DIR := sandboxes/opencode
+
+.PHONY: build-claude-agent-sdk build-opencode test-claude-agent-sdk
+build: build-claude-agent-sdk build-opencode
+test: test-claude-agent-sdk
+
+## build-claude-agent-sdk: npm ci + tsc, and bin/lap-harness-claude-agent-sdk
+build-claude-agent-sdk: $(BIN)/lap-harness-claude-agent-sdk $(SDK_DIR)/dist/server.js
+
+$(SDK_DIR)/node_modules/.lap-stamp: $(SDK_DIR)/package.json $(SDK_DIR)/package-lock.json
+	cd $(SDK_DIR) && $(NPM) ci --no-audit --no-fund
+	touch $@
+
+$(SDK_DIR)/dist/server.js: $(SDK_DIR)/node_modules/.lap-stamp $(SDK_DIR)/tsconfig.json $(wildcard $(SDK_DIR)/src/*.ts)
+	rm -rf $(SDK_DIR)/dist
+	cd $(SDK_DIR) && ./node_modules/.bin/tsc -p .
+
+# The launcher the local backend starts (sandboxes/harnesses.go); it runs
+# the compiled server of this checkout with the node on PATH (or $$NODE).
+$(BIN)/lap-harness-claude-agent-sdk: Makefile
+	@mkdir -p $(BIN)
+	printf '#!/bin/sh\n# Made by make build: the claude-agent-sdk harness of %s\nexec "$${NODE:-node}" "%s/dist/server.js" "$$@"\n' \
+		"$(CURDIR)" "$(CURDIR)/$(SDK_DIR)" > $@
+	chmod +x $@
+
+## test-claude-agent-sdk: the TypeScript unit tests (node --test)
+test-claude-agent-sdk: build-claude-agent-sdk
+	cd $(SDK_DIR) && $(NODE) --test dist/*.test.js
+
+## build-opencode: the pinned opencode binary and bin/lap-harness-opencode
+# (the adapter that puts lap's protocol in front of opencode serve is built
+# with the claude-agent-sdk TypeScript: dist/opencode.js).
+build-opencode: $(BIN)/lap-harness-opencode $(OPENCODE_DIR)/node_modules/.lap-stamp $(SDK_DIR)/dist/server.js
+
+$(OPENCODE_DIR)/node_modules/.lap-stamp: $(OPENCODE_DIR)/package.json $(OPENCODE_DIR)/package-lock.json
+	cd $(OPENCODE_DIR) && $(NPM) ci --no-audit --no-fund
+	touch $@
+
+$(BIN)/lap-harness-opencode: Makefile
+	@mkdir -p $(BIN)
+	printf '#!/bin/sh\n# Made by make build: the opencode harness of %s\nexec "$${NODE:-node}" "%s/dist/opencode.js" "$$@"\n' \
+		"$(CURDIR)" "$(CURDIR)/$(SDK_DIR)" > $@
+	chmod +x $@

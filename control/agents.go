@@ -74,6 +74,7 @@ func (s *Server) createAgent(c *fiber.Ctx) error {
 		}
 		return fmt.Errorf("create agent %s on the %s backend: %w", a.Name, s.backend.Name(), err)
 	}
+	s.pool.use(a.ID) // its first session should find a warm sandbox
 	s.log.Info("agent created", "agent", a.ID, "name", a.Name, "harness", a.HarnessID, "model", a.Model)
 	return c.Status(http.StatusCreated).JSON(apiAgent(a))
 }
@@ -288,6 +289,7 @@ func (s *Server) updateAgent(c *fiber.Ctx) error {
 			return fmt.Errorf("update agent %s on the %s backend: %w", a.Name, s.backend.Name(), err)
 		}
 	}
+	s.pool.use(a.ID) // replaces warm sandboxes of the old generation, resizes the pool
 	return c.JSON(apiAgent(updated))
 }
 
@@ -337,6 +339,7 @@ func (s *Server) deleteAgent(c *fiber.Ctx) error {
 	if err := s.store.DeleteAgent(ctx, a.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
+	s.pool.forget(a.ID)
 	s.log.Info("agent deleted", "agent", a.ID, "name", a.Name)
 	return c.SendStatus(http.StatusNoContent)
 }

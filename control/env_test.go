@@ -40,13 +40,17 @@ type env struct {
 	url     string
 	client  *http.Client
 
-	stopOnce sync.Once
+	stopOnce   sync.Once
+	ownBackend bool // closed by stop; false when the test passed one in
 }
 
 type envOptions struct {
 	settings map[string]string
 	backend  sandboxestest.Options
-	groups   []RouteGroup
+	// sandboxes, when set, is the backend to use (kept across a simulated
+	// lapd restart); backend is then ignored.
+	sandboxes *sandboxestest.Backend
+	groups    []RouteGroup
 	// noCleanup leaves shutdown to the test.
 	noCleanup bool
 }
@@ -61,7 +65,9 @@ func newEnv(t *testing.T, opts envOptions) *env {
 // simulated restart).
 func startEnv(t *testing.T, dir string, opts envOptions) *env {
 	t.Helper()
-	vars := map[string]string{"MASTER_KEY": testKey, "LAP_DATA_DIR": dir, "LAP_LISTEN": "127.0.0.1:0"}
+	// No warm pool unless a test asks for one: most tests count the
+	// sandboxes they make.
+	vars := map[string]string{"MASTER_KEY": testKey, "LAP_DATA_DIR": dir, "LAP_LISTEN": "127.0.0.1:0", "WARM_POOL_SIZE": "0"}
 	for k, v := range opts.settings {
 		vars[k] = v
 	}
@@ -74,7 +80,10 @@ func startEnv(t *testing.T, dir string, opts envOptions) *env {
 	box, err := secrets.New(key)
 	require.NoError(t, err)
 	tokens := sandboxtoken.NewSigner(box.DeriveKey(secrets.SandboxTokenLabel))
-	backend := sandboxestest.New(opts.backend)
+	backend := opts.sandboxes
+	if backend == nil {
+		backend = sandboxestest.New(opts.backend)
+	}
 	srv, err := New(Options{Config: cfg, Store: st, Backend: backend, Secrets: box, Tokens: tokens, Groups: opts.groups})
 	require.NoError(t, err)
 	srv.pingInterval = 50 * time.Millisecond
@@ -83,7 +92,7 @@ func startEnv(t *testing.T, dir string, opts envOptions) *env {
 	require.NoError(t, err)
 	go srv.Serve(ln)
 	e := &env{t: t, srv: srv, store: st, backend: backend, tokens: tokens, dir: dir,
-		url: "http://" + ln.Addr().String(), client: &http.Client{Timeout: time.Minute}}
+		url: "http://" + ln.Addr().String(), client: &http.Client{Timeout: time.Minute}, ownBackend: opts.sandboxes == nil}
 	if !opts.noCleanup {
 		t.Cleanup(e.stop)
 	}
@@ -98,7 +107,9 @@ func (e *env) stop() {
 		assert.NoError(e.t, e.srv.Shutdown(ctx))
 		assert.NoError(e.t, e.store.Check())
 		assert.NoError(e.t, e.store.Close())
-		e.backend.Close()
+		if e.ownBackend {
+			e.backend.Close()
+		}
 	})
 }
 

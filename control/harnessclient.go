@@ -135,6 +135,19 @@ func (h *harnessClient) createSession(ctx context.Context, t target, req protoco
 	return info, nil
 }
 
+// getSession reads the harness session t.sessionID: cheap (no write on
+// the harness's side), it tells that the harness is up and has it.
+func (h *harnessClient) getSession(ctx context.Context, t target) (protocol.SessionInfo, error) {
+	var info protocol.SessionInfo
+	if err := h.call(ctx, h.hc, t, http.MethodGet, "/session/"+url.PathEscape(t.sessionID), nil, &info); err != nil {
+		return info, fmt.Errorf("read harness session: %w", err)
+	}
+	if info.ID != t.sessionID {
+		return info, fmt.Errorf("read harness session: the harness returned session %q for %q", info.ID, t.sessionID)
+	}
+	return info, nil
+}
+
 func (h *harnessClient) sendMessage(ctx context.Context, t target, req protocol.SendMessageRequest) (protocol.Message, error) {
 	var m protocol.Message
 	err := h.call(ctx, h.turns, t, http.MethodPost, "/session/"+url.PathEscape(t.sessionID)+"/message", req, &m)

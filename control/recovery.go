@@ -25,6 +25,10 @@ func (s *Server) recoverState(ctx context.Context) error {
 	if len(failed) > 0 {
 		s.log.Warn("turns interrupted by the last stop marked failed", "count", len(failed))
 	}
+	if err := s.adoptSandboxes(ctx); err != nil {
+		// Not fatal: every session still recovers at its next message.
+		s.log.Warn("adopt the backend's sandboxes", "backend", s.backend.Name(), "err", err)
+	}
 
 	stuck, err := s.store.ListSandboxes(ctx, store.SandboxFilter{States: []string{store.SandboxProvisioning}})
 	if err != nil {

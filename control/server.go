@@ -76,6 +76,8 @@ type Server struct {
 	app       *fiber.App
 	harness   *harnessClient
 	bus       *bus
+	pool      *warmPool
+	crashes   *crashLog
 	metrics   *metrics
 	masterKey [32]byte // SHA-256 of MASTER_KEY, compared in constant time
 
@@ -132,6 +134,12 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = m
+	s.pool = newWarmPool(s)
+	s.crashes = newCrashLog()
+	if err := reg.Register(&warmCollector{store: opts.Store}); err != nil {
+		cancel()
+		return nil, err
+	}
 
 	// The server reads bodies up to serverBodyLimit so that limitBody can
 	// answer an over-large API request with a clean 413 (fasthttp itself
@@ -257,14 +265,18 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // Start makes the store consistent with a fresh process before serving:
-// turns a crash left open become failed, sandboxes a crash left
+// turns a crash left open become failed, sandboxes still running are
+// adopted and dead ones marked for resume, sandboxes a crash left
 // half-provisioned are destroyed, sessions that were being created are
 // provisioned again, and every agent is ensured on the backend (in the
-// background). Call it once, before Serve.
+// background). Then it starts the warm pool manager and the idle reaper.
+// Call it once, before Serve.
 func (s *Server) Start(ctx context.Context) error {
 	if err := s.recoverState(ctx); err != nil {
 		return fmt.Errorf("start control plane: %w", err)
 	}
+	s.goBackground(s.pool.run)
+	s.goBackground(s.reapIdle)
 	s.started.Store(true)
 	return nil
 }

@@ -104,6 +104,7 @@ func (s *Server) openSession(ctx context.Context, a store.Agent, req api.CreateS
 		MaxBudgetUSD:  req.MaxBudgetUSD,
 	}
 	sb, err := s.store.ClaimWarmSandbox(ctx, a.ID, a.Generation, base.ID)
+	s.pool.use(a.ID) // refill behind the claim (or after the miss)
 	switch {
 	case err == nil:
 		sess, err := s.startOnWarm(ctx, a, base, sb)
@@ -136,7 +137,13 @@ func (s *Server) startOnWarm(ctx context.Context, a store.Agent, base store.Sess
 	bsb, err := backendRecord(sb)
 	if err == nil {
 		var hs protocol.SessionInfo
-		hs, err = s.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{Title: base.Title})
+		if sb.HarnessSessionID != "" {
+			// Opened when the sandbox was provisioned: only make sure
+			// the harness still has it (a read, no write there).
+			hs, err = s.harness.getSession(ctx, targetOf(sb, bsb, sb.HarnessSessionID))
+		} else {
+			hs, err = s.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{Title: base.Title})
+		}
 		if err == nil {
 			base.Status, base.Phase = api.SessionReady, phaseReady
 			base.SandboxID, base.HarnessSessionID = sb.ID, hs.ID
@@ -293,14 +300,26 @@ func (s *Server) provisionSandbox(ctx context.Context, a store.Agent, role, sess
 		s.markSandbox(keep, sb.ID, store.SandboxFailed, err.Error())
 		return sb, sandboxes.Sandbox{}, fmt.Errorf("provision sandbox for agent %s: %w", a.Name, err)
 	}
-	state := store.SandboxClaimed
+	state, harnessSession := store.SandboxClaimed, ""
 	if sessionID == "" {
+		// A warm sandbox enters the pool with the harness session its
+		// claimer will use already open, so a warm claim costs no
+		// harness write.
 		state = store.SandboxWarm
+		var hs protocol.SessionInfo
+		if hs, err = s.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{}); err != nil {
+			s.markSandbox(keep, sb.ID, store.SandboxFailed, err.Error())
+			if derr := s.backend.Destroy(keep, bsb); derr != nil {
+				s.log.Error("destroy sandbox whose harness opens no session", "sandbox", sb.ID, "err", derr)
+			}
+			return sb, sandboxes.Sandbox{}, fmt.Errorf("provision sandbox for agent %s: %w", a.Name, err)
+		}
+		harnessSession = hs.ID
 	}
 	raw, err := json.Marshal(bsb)
 	if err == nil {
 		sb, err = s.store.UpdateSandbox(keep, sb.ID, func(x *store.Sandbox) error {
-			x.State, x.Backend = state, raw
+			x.State, x.Backend, x.HarnessSessionID = state, raw, harnessSession
 			return nil
 		})
 	}
@@ -419,7 +438,17 @@ func (s *Server) ensureRunning(ctx context.Context, sess store.Session, force bo
 	if !force && sess.Status == api.SessionReady && bsb.Running && sb.State == store.SandboxClaimed {
 		return targetOf(sb, bsb, sess.HarnessSessionID), sess, nil
 	}
-	if err := s.setPhase(ctx, sess.ID, phaseResuming); err != nil {
+	// A claimed sandbox was meant to be running: its harness crashed (or
+	// hangs, or was found dead after a lapd restart). A suspended one is
+	// simply asleep.
+	phase := phaseResuming
+	if sb.State == store.SandboxClaimed {
+		phase = phaseRecovering
+		if err := s.noteCrash(ctx, sess, bsb); err != nil {
+			return target{}, sess, err
+		}
+	}
+	if err := s.setPhase(ctx, sess.ID, phase); err != nil {
 		return target{}, sess, err
 	}
 	bsb, err = s.backend.Resume(ctx, bsb)
@@ -496,9 +525,15 @@ func (s *Server) recoverSession(ctx context.Context, sess store.Session, beforeS
 }
 
 // suspendSession scales an idle session's sandbox to zero (status idle);
-// its next message resumes it. It is the seam for the idle reaper, and
-// refuses (ErrConflict) while a turn runs.
+// its next message resumes it. It refuses (ErrConflict) while a turn runs.
 func (s *Server) suspendSession(ctx context.Context, id string) error {
+	return s.suspendIfIdleSince(ctx, id, time.Time{})
+}
+
+// suspendIfIdleSince is suspendSession for the idle reaper: it does
+// nothing if the session was active after idleBefore (checked once the
+// session is reserved, so a turn that ran meanwhile counts).
+func (s *Server) suspendIfIdleSince(ctx context.Context, id string, idleBefore time.Time) error {
 	release, err := s.reserve(id, nil)
 	if err != nil {
 		return err
@@ -508,7 +543,7 @@ func (s *Server) suspendSession(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if sess.Status != api.SessionReady {
+	if sess.Status != api.SessionReady || (!idleBefore.IsZero() && sess.LastActiveAt.After(idleBefore)) {
 		return nil
 	}
 	sb, err := s.store.GetSandbox(ctx, sess.SandboxID)
@@ -569,6 +604,7 @@ func (s *Server) endSession(ctx context.Context, id string) error {
 			}
 		}
 	}
+	s.crashes.forget(id)
 	s.log.Info("session ended", "session", id)
 	return nil
 }

@@ -48,10 +48,12 @@ var harnesses = []Harness{
 	},
 	{
 		ID:          "opencode",
-		Description: "opencode's own server (opencode serve)",
+		Description: "opencode's own server (opencode serve) behind lap's protocol adapter",
 		Chat:        true,
-		Command:     []string{"opencode", "serve", "--port", "$PORT", "--hostname", "127.0.0.1"},
-		Image:       "lap.dev/harness-opencode:latest",
+		// The adapter clones the repo, configures the gateway as opencode's
+		// provider and runs opencode serve on a private port (DESIGN.md).
+		Command: []string{"lap-harness-opencode"},
+		Image:   "lap.dev/harness-opencode:latest",
 	},
 }
 

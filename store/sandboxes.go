@@ -35,6 +35,10 @@ type Sandbox struct {
 	// HarnessToken is the sandbox's HARNESS_AUTH_TOKEN, kept so lapd can
 	// reach the harness again after a restart.
 	HarnessToken string `json:"harness_token,omitempty"`
+	// HarnessSessionID is the harness session opened ahead on a warm
+	// sandbox, handed to the session that claims it so that a warm claim
+	// needs no harness round trip that writes.
+	HarnessSessionID string `json:"harness_session_id,omitempty"`
 	// Backend is the backend's own record (a sandboxes.Sandbox as JSON),
 	// stored as returned and handed back on every backend call.
 	Backend   json.RawMessage `json:"backend,omitempty"`

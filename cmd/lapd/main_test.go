@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -88,13 +89,16 @@ func TestBadSettingsExit2(t *testing.T) {
 	}
 }
 
-func TestBackendNotBuiltInFailsClearly(t *testing.T) {
+func TestBackendThatCannotStartFailsClearly(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	var out, errOut bytes.Buffer
-	code := run(context.Background(), nil, lookupFrom(map[string]string{"MASTER_KEY": key, "LAP_DATA_DIR": dir}), &out, &errOut, newBackend)
+	broken := func(context.Context, config.Config, *slog.Logger) (sandboxes.Backend, error) {
+		return nil, errors.New("LAP_BACKEND=local: the backend is broken")
+	}
+	code := run(context.Background(), nil, lookupFrom(map[string]string{"MASTER_KEY": key, "LAP_DATA_DIR": dir}), &out, &errOut, broken)
 	assert.Equal(t, exitFailed, code)
-	assert.Contains(t, errOut.String(), "LAP_BACKEND=local")
+	assert.Contains(t, errOut.String(), "LAP_BACKEND=local: the backend is broken")
 	_, err := os.Stat(filepath.Join(dir, "lap.db"))
 	assert.ErrorIs(t, err, os.ErrNotExist, "nothing is created before the backend is there")
 }

@@ -108,10 +108,28 @@ func serve(ctx context.Context, lookup func(string) (string, bool), stderr io.Wr
 	return exitOK
 }
 
+// backendCloser is a backend with background work to end when lapd
+// stops.
+type backendCloser interface {
+	Close(ctx context.Context) error
+}
+
 func serveConfig(ctx context.Context, cfg config.Config, log *slog.Logger, newBackend backendFactory) error {
 	backend, err := newBackend(ctx, cfg, log)
 	if err != nil {
 		return err
+	}
+	if c, ok := backend.(backendCloser); ok {
+		// Last, after the control plane stopped using it. The local
+		// backend leaves its harnesses running here unless
+		// LOCAL_STOP_ON_EXIT is set.
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+			defer cancel()
+			if err := c.Close(ctx); err != nil {
+				log.Error("close the sandbox backend", "err", err)
+			}
+		}()
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)

@@ -1,9 +1,10 @@
 // Package fakellm is a scripted stand-in for an LLM API, for tests anywhere
-// in lap. It is a real HTTP server on loopback that speaks the wire format of
-// the OpenAI chat-completions API (POST /v1/chat/completions, streamed and
-// not, with tool calls and usage), answers each request from a per-test
-// script, and records every request (headers, raw body and a parsed,
-// format-neutral view) for assertions.
+// in lap. It is a real HTTP server on loopback that speaks the wire formats of
+// the OpenAI chat-completions API (POST /v1/chat/completions) and the
+// Anthropic Messages API (POST /v1/messages), streamed and not, with tool
+// calls and usage, answers each request from a per-test script, and records
+// every request (headers, raw body and a parsed, format-neutral view) for
+// assertions.
 //
 // A script is a queue of Replies consumed one per request (Enqueue), a
 // Responder function consulted when the queue is empty (Respond), or both.
@@ -13,9 +14,9 @@
 // The package is split by wire format: this file holds everything neutral
 // (Server, Reply, Request, Message, the script); openai.go parses OpenAI
 // chat-completions requests into a Request and writes a Reply in that
-// format. Another format (e.g. the Anthropic Messages API) is added as one
-// more file with a route in routes, a parser to Request and a writer of
-// Reply, reusing the script and the recording unchanged.
+// format, anthropic.go does the same for the Messages API. Another format
+// is added as one more file with a route in routes, a parser to Request and
+// a writer of Reply, reusing the script and the recording unchanged.
 package fakellm
 
 import (
@@ -37,7 +38,8 @@ type Format string
 
 // Wire formats the fake speaks.
 const (
-	FormatOpenAIChat Format = "openai-chat"
+	FormatOpenAIChat        Format = "openai-chat"
+	FormatAnthropicMessages Format = "anthropic-messages"
 )
 
 // Reply is what the fake model does with one request.
@@ -263,6 +265,10 @@ func (s *Server) routes() {
 		switch {
 		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/chat/completions"):
 			s.serveOpenAIChat(w, r)
+		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/messages/count_tokens"):
+			s.serveAnthropicCountTokens(w, r)
+		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/messages"):
+			s.serveAnthropicMessages(w, r)
 		case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/models"):
 			s.serveOpenAIModels(w, r)
 		default:

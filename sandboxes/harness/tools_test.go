@@ -238,7 +238,7 @@ func TestBash(t *testing.T) {
 		{"stderr kept", "echo out; echo err >&2", nil, "out\nerr\n", ""},
 		{"exit code", "echo failing; exit 3", nil, "failing\n\n[exit code 3]", ""},
 		{"no output", "true", nil, "(no output)", ""},
-		{"timeout", "echo started; sleep 30", secs(0.2), "started\n", "command timed out after 200ms and was killed"},
+		{"timeout", "echo started; sleep 30", secs(2), "started\n", "command timed out after 2s and was killed"},
 		{"empty", "  ", nil, "", "command is empty"},
 		{"bad timeout", "true", secs(-1), "", "timeout_s must be positive"},
 	}

@@ -1,0 +1,89 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"lap.dev/lap/control/api"
+)
+
+// The idle reaper scales sessions to zero: a ready session with no turn
+// running and no activity for its idle timeout (SESSION_IDLE_TIMEOUT when
+// it was created) is suspended — the backend stops its harness and keeps
+// its workspace — and becomes idle. Its next message resumes it
+// (ensureRunning); the client does nothing special.
+
+// idleTick is how often the reaper looks: a quarter of the idle timeout,
+// between 100ms and 30s, so a session sleeps at most a quarter late.
+func idleTick(timeout time.Duration) time.Duration {
+	return min(max(timeout/4, 100*time.Millisecond), 30*time.Second)
+}
+
+// reapIdle runs the reaper until ctx ends.
+func (s *Server) reapIdle(ctx context.Context) {
+	t := time.NewTicker(idleTick(s.cfg.SessionIdleTimeout))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.suspendIdle(ctx, time.Now())
+	}
+}
+
+// suspendIdle suspends every ready session idle longer than its timeout
+// at now, a few at a time.
+func (s *Server) suspendIdle(ctx context.Context, now time.Time) {
+	ids, err := s.store.SessionIDsByStatus(ctx, api.SessionReady)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("idle reaper: list ready sessions", "err", err)
+		}
+		return
+	}
+	sem := make(chan struct{}, 4)
+	done := make(chan struct{})
+	n := 0
+	for _, id := range ids {
+		sess, err := s.store.GetSession(ctx, id)
+		if err != nil || sess.Status != api.SessionReady || sess.IdleTimeoutMS <= 0 {
+			continue
+		}
+		if now.Sub(sess.LastActiveAt) < time.Duration(sess.IdleTimeoutMS)*time.Millisecond {
+			continue
+		}
+		s.mu.Lock()
+		_, busy := s.active[id]
+		s.mu.Unlock()
+		if busy {
+			continue
+		}
+		n++
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; done <- struct{}{} }()
+			err := s.suspendIfIdleSince(ctx, id, now.Add(-time.Duration(sess.IdleTimeoutMS)*time.Millisecond))
+			switch {
+			case err == nil:
+				s.log.Info("idle session suspended", "session", id, "idle_for", now.Sub(sess.LastActiveAt).Round(time.Second))
+			case errors.Is(err, errSessionEnded), isStatusError(err, http.StatusConflict), isStatusError(err, http.StatusServiceUnavailable), ctx.Err() != nil:
+				// Ended, a turn started meanwhile, or lapd is stopping.
+			default:
+				s.log.Warn("idle reaper: suspend session", "session", id, "err", err)
+			}
+		}()
+	}
+	for range n {
+		<-done
+	}
+}
+
+// isStatusError reports whether err is an API error with status.
+func isStatusError(err error, status int) bool {
+	var ae *apiError
+	return errors.As(err, &ae) && ae.status == status
+}

@@ -1,0 +1,424 @@
+package fakellm
+
+// The Anthropic Messages wire format (POST /v1/messages): request parsing,
+// the conversation checks the real API makes, and answers as a message
+// object or as the real event stream — message_start, ping, per content
+// block content_block_start / content_block_delta (text_delta or
+// input_json_delta) / content_block_stop, message_delta with the stop
+// reason and usage, message_stop.
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// anthropicRequest is the part of a Messages request the fake reads.
+type anthropicRequest struct {
+	Model     string          `json:"model"`
+	MaxTokens int64           `json:"max_tokens"`
+	Stream    bool            `json:"stream"`
+	System    json.RawMessage `json:"system"`
+	Messages  []struct {
+		Role    string          `json:"role"`
+		Content json.RawMessage `json:"content"`
+	} `json:"messages"`
+	Tools []struct {
+		Name        string          `json:"name"`
+		Description string          `json:"description"`
+		InputSchema json.RawMessage `json:"input_schema"`
+	} `json:"tools"`
+}
+
+// anthropicBlock is one content block of a request message.
+type anthropicBlock struct {
+	Type string `json:"type"`
+	Text string `json:"text"`
+	// tool_use
+	ID    string          `json:"id"`
+	Name  string          `json:"name"`
+	Input json.RawMessage `json:"input"`
+	// tool_result
+	ToolUseID string          `json:"tool_use_id"`
+	Content   json.RawMessage `json:"content"`
+	IsError   bool            `json:"is_error"`
+}
+
+// anthropicBlocks reads content that is a string or an array of blocks.
+func anthropicBlocks(raw json.RawMessage) ([]anthropicBlock, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, nil
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		return []anthropicBlock{{Type: "text", Text: s}}, nil
+	}
+	var blocks []anthropicBlock
+	if err := json.Unmarshal(raw, &blocks); err != nil {
+		return nil, fmt.Errorf("neither a string nor an array of content blocks")
+	}
+	return blocks, nil
+}
+
+// anthropicText joins the text blocks of content (a string or blocks).
+func anthropicText(raw json.RawMessage) (string, error) {
+	blocks, err := anthropicBlocks(raw)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	for _, bl := range blocks {
+		if bl.Type == "text" {
+			b.WriteString(bl.Text)
+		}
+	}
+	return b.String(), nil
+}
+
+// parseAnthropicMessages turns a Messages body into a Request. The system
+// prompt becomes a leading system message; a user message's tool_result
+// blocks become tool messages (before its text, as the API orders them)
+// and an assistant's tool_use blocks its ToolCalls.
+func parseAnthropicMessages(body []byte) (Request, error) {
+	var in anthropicRequest
+	if err := json.Unmarshal(body, &in); err != nil {
+		return Request{}, fmt.Errorf("parse request body: %w", err)
+	}
+	req := Request{Format: FormatAnthropicMessages, Model: in.Model, Stream: in.Stream}
+	if in.Model == "" {
+		return Request{}, fmt.Errorf("model: field required")
+	}
+	if in.MaxTokens <= 0 {
+		return Request{}, fmt.Errorf("max_tokens: field required")
+	}
+	system, err := anthropicText(in.System)
+	if err != nil {
+		return Request{}, fmt.Errorf("system: %w", err)
+	}
+	if system != "" {
+		req.Messages = append(req.Messages, Message{Role: "system", Text: system})
+	}
+	for i, m := range in.Messages {
+		blocks, err := anthropicBlocks(m.Content)
+		if err != nil {
+			return Request{}, fmt.Errorf("messages.%d.content: %w", i, err)
+		}
+		switch m.Role {
+		case "user":
+			var text strings.Builder
+			for _, b := range blocks {
+				switch b.Type {
+				case "tool_result":
+					out, err := anthropicText(b.Content)
+					if err != nil {
+						return Request{}, fmt.Errorf("messages.%d.content: tool_result: %w", i, err)
+					}
+					req.Messages = append(req.Messages, Message{Role: "tool", Text: out, ToolCallID: b.ToolUseID})
+				case "text":
+					text.WriteString(b.Text)
+				}
+			}
+			if text.Len() > 0 || !hasBlock(blocks, "tool_result") {
+				req.Messages = append(req.Messages, Message{Role: "user", Text: text.String()})
+			}
+		case "assistant":
+			msg := Message{Role: "assistant"}
+			var text strings.Builder
+			for _, b := range blocks {
+				switch b.Type {
+				case "text":
+					text.WriteString(b.Text)
+				case "tool_use":
+					args := string(b.Input)
+					if args == "" {
+						args = "{}"
+					}
+					msg.ToolCalls = append(msg.ToolCalls, ToolCall{ID: b.ID, Name: b.Name, Arguments: args})
+				}
+			}
+			msg.Text = text.String()
+			req.Messages = append(req.Messages, msg)
+		default:
+			return Request{}, fmt.Errorf("messages.%d.role: Input should be 'user' or 'assistant'", i)
+		}
+	}
+	for _, t := range in.Tools {
+		req.Tools = append(req.Tools, Tool{Name: t.Name, Description: t.Description, Parameters: t.InputSchema})
+	}
+	return req, nil
+}
+
+func hasBlock(blocks []anthropicBlock, typ string) bool {
+	for _, b := range blocks {
+		if b.Type == typ {
+			return true
+		}
+	}
+	return false
+}
+
+// checkAnthropicConversation rejects what the real API rejects with 400:
+// an empty conversation, one that does not start with a user message, a
+// tool_use not answered by a tool_result in the message right after it,
+// and a tool_result answering no tool_use of the message before.
+func checkAnthropicConversation(msgs []Message) error {
+	pending := map[string]bool{}
+	seen := false
+	for _, m := range msgs {
+		if m.Role == "system" {
+			continue
+		}
+		if !seen && m.Role != "user" && m.Role != "tool" {
+			return fmt.Errorf("messages: first message must use the \"user\" role")
+		}
+		seen = true
+		switch m.Role {
+		case "tool":
+			if !pending[m.ToolCallID] {
+				return fmt.Errorf("messages: unexpected `tool_use_id` found in `tool_result` blocks: %s. Each `tool_result` block must have a corresponding `tool_use` block in the previous message", m.ToolCallID)
+			}
+			delete(pending, m.ToolCallID)
+		case "user", "assistant":
+			if len(pending) > 0 {
+				return fmt.Errorf("messages: `tool_use` ids were found without `tool_result` blocks immediately after: %s", strings.Join(keys(pending), ", "))
+			}
+			for _, c := range m.ToolCalls {
+				pending[c.ID] = true
+			}
+		}
+	}
+	if !seen {
+		return fmt.Errorf("messages: at least one message is required")
+	}
+	return nil
+}
+
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+func (s *Server) serveAnthropicMessages(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		writeAnthropicError(w, http.StatusBadRequest, "read body: "+err.Error(), nil)
+		return
+	}
+	req, bad := parseAnthropicMessages(body)
+	if bad == nil {
+		bad = checkAnthropicConversation(req.Messages)
+	}
+	req.Format, req.Method, req.Path, req.Header, req.Body = FormatAnthropicMessages, r.Method, r.URL.Path, r.Header.Clone(), body
+	req, reply := s.record(req, bad == nil)
+	if bad != nil {
+		writeAnthropicError(w, http.StatusBadRequest, bad.Error(), nil)
+		return
+	}
+	if reply.Status >= 400 {
+		writeAnthropicError(w, reply.Status, reply.Error, reply.Header)
+		return
+	}
+	for k, v := range reply.Header {
+		w.Header().Set(k, v)
+	}
+	if req.Stream {
+		s.streamAnthropicMessages(w, r, req, reply)
+		return
+	}
+	if reply.Hang {
+		s.hang(r.Context())
+		return
+	}
+	writeJSON(w, http.StatusOK, anthropicMessage(req, reply))
+}
+
+// serveAnthropicCountTokens answers POST /v1/messages/count_tokens.
+func (s *Server) serveAnthropicCountTokens(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		writeAnthropicError(w, http.StatusBadRequest, "read body: "+err.Error(), nil)
+		return
+	}
+	// count_tokens takes no max_tokens; parse with a stand-in.
+	var probe map[string]json.RawMessage
+	if err := json.Unmarshal(body, &probe); err != nil {
+		writeAnthropicError(w, http.StatusBadRequest, "parse request body: "+err.Error(), nil)
+		return
+	}
+	probe["max_tokens"] = json.RawMessage("1")
+	patched, _ := json.Marshal(probe)
+	req, err := parseAnthropicMessages(patched)
+	if err != nil {
+		writeAnthropicError(w, http.StatusBadRequest, err.Error(), nil)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"input_tokens": usage(req, Reply{}).PromptTokens})
+}
+
+func anthropicStopReason(reply Reply) string {
+	switch {
+	case reply.FinishReason != "":
+		return reply.FinishReason
+	case len(reply.ToolCalls) > 0:
+		return "tool_use"
+	default:
+		return "end_turn"
+	}
+}
+
+func anthropicMessageID(req Request) string { return fmt.Sprintf("msg_fake%d", req.Seq) }
+
+// toolInput is a call's arguments as the object a tool_use block holds;
+// arguments that are not a JSON object become {} (the stream sends them
+// verbatim, so malformed input is still testable there).
+func toolInput(c ToolCall) json.RawMessage {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal([]byte(c.Arguments), &obj) != nil || obj == nil {
+		return json.RawMessage("{}")
+	}
+	return json.RawMessage(c.Arguments)
+}
+
+func anthropicUsage(u Usage, input bool) map[string]any {
+	m := map[string]any{"output_tokens": u.CompletionTokens}
+	if input {
+		m["input_tokens"] = u.PromptTokens
+		m["cache_creation_input_tokens"] = 0
+		m["cache_read_input_tokens"] = 0
+	}
+	return m
+}
+
+// anthropicMessage is a whole message object for reply.
+func anthropicMessage(req Request, reply Reply) any {
+	content := []any{}
+	if reply.Text != "" {
+		content = append(content, map[string]any{"type": "text", "text": reply.Text})
+	}
+	for _, c := range reply.ToolCalls {
+		content = append(content, map[string]any{"type": "tool_use", "id": c.ID, "name": c.Name, "input": toolInput(c)})
+	}
+	return map[string]any{
+		"id":            anthropicMessageID(req),
+		"type":          "message",
+		"role":          "assistant",
+		"model":         req.Model,
+		"content":       content,
+		"stop_reason":   anthropicStopReason(reply),
+		"stop_sequence": nil,
+		"usage":         anthropicUsage(usage(req, reply), true),
+	}
+}
+
+// streamAnthropicMessages writes reply as the Messages event stream.
+func (s *Server) streamAnthropicMessages(w http.ResponseWriter, r *http.Request, req Request, reply Reply) {
+	ctx := r.Context()
+	flusher, _ := w.(http.Flusher)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+
+	u := usage(req, reply)
+	send := func(event string, data any) error {
+		b, err := json.Marshal(data)
+		if err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b); err != nil {
+			return err
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		return s.pause(ctx, reply.ChunkDelay)
+	}
+
+	start := map[string]any{
+		"id": anthropicMessageID(req), "type": "message", "role": "assistant", "model": req.Model,
+		"content": []any{}, "stop_reason": nil, "stop_sequence": nil,
+		"usage": map[string]any{"input_tokens": u.PromptTokens, "output_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+	}
+	if send("message_start", map[string]any{"type": "message_start", "message": start}) != nil {
+		return
+	}
+	if send("ping", map[string]any{"type": "ping"}) != nil {
+		return
+	}
+	index := 0
+	if reply.Text != "" || reply.Hang || reply.StreamError != "" {
+		if send("content_block_start", map[string]any{"type": "content_block_start", "index": index, "content_block": map[string]any{"type": "text", "text": ""}}) != nil {
+			return
+		}
+		for _, piece := range split(reply.Text, reply.Chunks) {
+			if send("content_block_delta", map[string]any{"type": "content_block_delta", "index": index, "delta": map[string]any{"type": "text_delta", "text": piece}}) != nil {
+				return
+			}
+		}
+		if reply.StreamError != "" {
+			// How the API reports a failure after the stream began.
+			_ = send("error", map[string]any{"type": "error", "error": map[string]any{"type": "overloaded_error", "message": reply.StreamError}})
+			return
+		}
+		if reply.Hang {
+			s.hang(ctx)
+			return
+		}
+		if send("content_block_stop", map[string]any{"type": "content_block_stop", "index": index}) != nil {
+			return
+		}
+		index++
+	}
+	for _, c := range reply.ToolCalls {
+		block := map[string]any{"type": "tool_use", "id": c.ID, "name": c.Name, "input": map[string]any{}}
+		if send("content_block_start", map[string]any{"type": "content_block_start", "index": index, "content_block": block}) != nil {
+			return
+		}
+		for _, piece := range split(c.Arguments, reply.Chunks) {
+			if send("content_block_delta", map[string]any{"type": "content_block_delta", "index": index, "delta": map[string]any{"type": "input_json_delta", "partial_json": piece}}) != nil {
+				return
+			}
+		}
+		if send("content_block_stop", map[string]any{"type": "content_block_stop", "index": index}) != nil {
+			return
+		}
+		index++
+	}
+	delta := map[string]any{"type": "message_delta", "delta": map[string]any{"stop_reason": anthropicStopReason(reply), "stop_sequence": nil}, "usage": anthropicUsage(u, false)}
+	if send("message_delta", delta) != nil {
+		return
+	}
+	_ = send("message_stop", map[string]any{"type": "message_stop"})
+}
+
+// writeAnthropicError answers with the API's error object.
+func writeAnthropicError(w http.ResponseWriter, status int, message string, header map[string]string) {
+	if message == "" {
+		message = http.StatusText(status)
+	}
+	typ := "api_error"
+	switch status {
+	case http.StatusBadRequest, http.StatusUnprocessableEntity:
+		typ = "invalid_request_error"
+	case http.StatusUnauthorized:
+		typ = "authentication_error"
+	case http.StatusForbidden:
+		typ = "permission_error"
+	case http.StatusNotFound:
+		typ = "not_found_error"
+	case http.StatusRequestEntityTooLarge:
+		typ = "request_too_large"
+	case http.StatusTooManyRequests:
+		typ = "rate_limit_error"
+	case 529:
+		typ = "overloaded_error"
+	}
+	for k, v := range header {
+		w.Header().Set(k, v)
+	}
+	writeJSON(w, status, map[string]any{"type": "error", "error": map[string]any{"type": typ, "message": message}})
+}
