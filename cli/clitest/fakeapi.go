@@ -195,7 +195,7 @@ func (f *Server) Session(id string) (api.Session, []api.Message, bool) {
 // now is truncated to milliseconds like the timestamps of a JSON store.
 func now() time.Time { return time.Now().UTC().Truncate(time.Millisecond) }
 
-func newID() string { return uuid.NewString() }
+func newID() string { return uuid.Must(uuid.NewV7()).String() }
 
 func (f *Server) routes() http.Handler {
 	mux := http.NewServeMux()
