@@ -165,13 +165,21 @@ func down(ctx context.Context, dir string, log *slog.Logger) error {
 	s, err := readState(dir)
 	if err == nil && alive(s.Pid) {
 		_ = syscall.Kill(s.Pid, syscall.SIGTERM)
-		deadline := time.Now().Add(2 * time.Minute)
-		for alive(s.Pid) && time.Now().Before(deadline) {
-			time.Sleep(100 * time.Millisecond) // waiting on a process that is not our child
+		// Not our child: poll until it is gone, SIGKILL after a while.
+		tick := time.NewTicker(100 * time.Millisecond)
+		deadline := time.After(2 * time.Minute)
+	wait:
+		for alive(s.Pid) {
+			select {
+			case <-tick.C:
+			case <-deadline:
+				_ = syscall.Kill(s.Pid, syscall.SIGKILL)
+				break wait
+			case <-ctx.Done():
+				break wait
+			}
 		}
-		if alive(s.Pid) {
-			_ = syscall.Kill(s.Pid, syscall.SIGKILL)
-		}
+		tick.Stop()
 	}
 	if err := boxnet.SweepFree(ctx, log); err != nil {
 		return err
