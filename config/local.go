@@ -19,9 +19,11 @@ type LocalConfig struct {
 	// StopOnExit stops every sandbox when lapd exits instead of leaving
 	// them running for the next lapd to adopt.
 	StopOnExit bool // LOCAL_STOP_ON_EXIT
-	// SandboxUser is who harnesses run as when lapd runs as root: "auto"
-	// (a user id of its own per sandbox, from UIDFirst..UIDLast), "root"
-	// (no isolation), or a user name or uid[:gid] shared by all.
+	// SandboxUser is who harnesses run as when lapd runs as root:
+	// "isolated" (a user id of its own per sandbox, from UIDFirst..UIDLast,
+	// or refuse to start), "auto" (the same, but lapd's own user with a
+	// warning when those users cannot reach the workspaces),
+	// "root" (no isolation), or a user name or uid[:gid] shared by all.
 	SandboxUser string // LOCAL_SANDBOX_USER
 	// UIDFirst and UIDLast bound the user ids "auto" hands out.
 	UIDFirst, UIDLast int // LOCAL_SANDBOX_UIDS
@@ -52,7 +54,7 @@ var localSettings = []Setting{
 	{"LOCAL_STOP_ON_EXIT", "false", "local sandboxes: stop every harness when lapd exits (default: they keep running and the next lapd adopts them)", func(c *Config, v string) error {
 		return parseBool(&c.Local.StopOnExit, v)
 	}},
-	{"LOCAL_SANDBOX_USER", "auto", "local sandboxes, when lapd runs as root: auto (an own user id per sandbox from LOCAL_SANDBOX_UIDS), a user name or uid[:gid] for all, or root (no isolation)", func(c *Config, v string) error {
+	{"LOCAL_SANDBOX_USER", "auto", "local sandboxes, when lapd runs as root: isolated (an own user id per sandbox from LOCAL_SANDBOX_UIDS), auto (isolated where the data dir is reachable by other users, else lapd's user with a warning), a user name or uid[:gid] for all, or root (no isolation)", func(c *Config, v string) error {
 		return parseSandboxUser(&c.Local.SandboxUser, v)
 	}},
 	{"LOCAL_SANDBOX_UIDS", "1000000-1099999", "local sandboxes: range of user ids LOCAL_SANDBOX_USER=auto hands out", func(c *Config, v string) error {
@@ -79,7 +81,7 @@ var localSettings = []Setting{
 // a name exists is checked by the backend, which is the one to use it.
 func parseSandboxUser(dst *string, v string) error {
 	if v == "" || strings.ContainsAny(v, " \t/") {
-		return want("auto, root, a user name or uid[:gid]")
+		return want("auto, isolated, root, a user name or uid[:gid]")
 	}
 	if uid, gid, ok := strings.Cut(v, ":"); ok {
 		if _, err := strconv.ParseUint(uid, 10, 32); err != nil {

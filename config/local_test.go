@@ -37,7 +37,7 @@ func TestLocalSettings(t *testing.T) {
 		{"LOCAL_SANDBOX_USER", "nobody", func(t *testing.T, c LocalConfig) { assert.Equal(t, "nobody", c.SandboxUser) }, ""},
 		{"LOCAL_SANDBOX_USER", "65534:65534", func(t *testing.T, c LocalConfig) { assert.Equal(t, "65534:65534", c.SandboxUser) }, ""},
 		{"LOCAL_SANDBOX_USER", "65534:x", nil, "uid:gid as two numbers"},
-		{"LOCAL_SANDBOX_USER", "", nil, "auto, root"},
+		{"LOCAL_SANDBOX_USER", "", nil, "auto, isolated, root"},
 		{"LOCAL_SANDBOX_UIDS", "200000-200009", func(t *testing.T, c LocalConfig) {
 			assert.Equal(t, [2]int{200000, 200009}, [2]int{c.UIDFirst, c.UIDLast})
 		}, ""},

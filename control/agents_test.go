@@ -135,6 +135,7 @@ func TestAgentValidation(t *testing.T) {
 		{"name 41 chars", "application/json", `{"name": "` + strings.Repeat("a", 41) + `", "model": "m"}`, 400, api.CodeBadRequest, "1 to 40"},
 		{"name 40 chars", "application/json", `{"name": "` + strings.Repeat("a", 40) + `", "model": "m"}`, 201, "", ""},
 		{"name trailing dash", "application/json", `{"name": "a-", "model": "m"}`, 400, api.CodeBadRequest, "DNS-1123"},
+		{"name leading digit", "application/json", `{"name": "1agent", "model": "m"}`, 400, api.CodeBadRequest, "starting with a letter"},
 		{"model missing", "application/json", `{"name": "no-model"}`, 400, api.CodeBadRequest, "model is required"},
 		{"unknown harness", "application/json", `{"name": "h", "model": "m", "harness_id": "cursor"}`, 400, api.CodeBadRequest, "lap, claude-agent-sdk, opencode"},
 		{"ftp repo", "application/json", `{"name": "r", "model": "m", "repo_url": "ftp://x/y"}`, 400, api.CodeBadRequest, "repo_url"},

@@ -207,6 +207,9 @@ func TestMessageRoundTripAndDurableLog(t *testing.T) {
 	require.Len(t, m.Parts, 2)
 	assert.Equal(t, "tool", m.Parts[0].Type)
 	assert.Equal(t, "completed", m.Parts[0].State.Status)
+	for _, p := range m.Parts {
+		assert.Equal(t, sess.ID, p.SessionID, "parts name lap's session, not the harness's")
+	}
 
 	status, m, _ = e.send(sess.ID, "/fail")
 	require.Equal(t, http.StatusOK, status, "an LLM failure is an answer, with info.error")

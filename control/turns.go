@@ -357,6 +357,10 @@ func (t *turn) finish(ctx context.Context, msg protocol.Message) (api.Message, e
 	if msg.Parts == nil {
 		msg.Parts = []protocol.Part{}
 	}
+	// Parts name the harness's session; the log speaks of lap's.
+	for i := range msg.Parts {
+		msg.Parts[i].SessionID = t.sessionID
+	}
 	status, outcome := store.MessageCompleted, outcomeCompleted
 	if e := msg.Info.Error; e != nil {
 		status, outcome = store.MessageFailed, outcomeLLMError

@@ -38,7 +38,9 @@ const (
 )
 
 var (
-	dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	// Agent names are DNS-1123 labels that also start with a letter: the
+	// name becomes a Knative Service name, which must (DNS-1035).
+	dnsLabel = regexp.MustCompile(`^[a-z]([-a-z0-9]*[a-z0-9])?$`)
 	envName  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	// scpLike is git's user@host:path form of an ssh URL.
 	scpLike = regexp.MustCompile(`^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[^/].*$`)
@@ -97,7 +99,7 @@ func validateName(p *problems, name string) {
 	case name == "":
 		p.add("name is required")
 	case len(name) > maxNameLen || !dnsLabel.MatchString(name):
-		p.add("name %q must be a DNS-1123 label of 1 to %d characters: lower-case letters, digits and '-', starting and ending with a letter or digit", name, maxNameLen)
+		p.add("name %q must be a DNS-1123 label of 1 to %d characters: lower-case letters, digits and '-', starting with a letter and ending with a letter or digit", name, maxNameLen)
 	}
 }
 

@@ -179,8 +179,12 @@ func preflight(ctx context.Context, sc servingclient.Interface, ns string) error
 	}
 }
 
-// Close stops the informers.
-func (b *Backend) Close() { b.stop() }
+// Close stops the informers. Sandboxes keep running on the cluster for
+// the next lapd to adopt.
+func (b *Backend) Close(context.Context) error {
+	b.stop()
+	return nil
+}
 
 // ParamsFromConfig resolves the builders' inputs from lap's settings.
 func ParamsFromConfig(cfg config.Config) (Params, error) {
@@ -605,9 +609,30 @@ func (b *Backend) Resume(ctx context.Context, sb sandboxes.Sandbox) (sandboxes.S
 // revision. If the Service's template still names that revision, it is
 // pointed back at the base revision first: Knative recreates a deleted
 // revision its Configuration still asks for.
+//
+// A record without the backend's data (the control plane's record of a
+// sandbox whose provision had not returned) is found by its id: by the
+// revision's sandbox-id label, or by the Service whose route or template
+// names it. A sandbox found nowhere is already destroyed.
 func (b *Backend) Destroy(ctx context.Context, sb sandboxes.Sandbox) error {
 	svcName, revName, tag, err := sandboxNames(sb)
-	if err != nil {
+	if errors.Is(err, sandboxes.ErrNotFound) {
+		var found bool
+		svcName, revName, tag, found = b.locate(sb)
+		if svc := b.serviceOf(sb.AgentID); !found && svc != "" {
+			// A provision of the agent may be writing it: once it lets
+			// go of the agent, the caches show what it wrote.
+			unlock, err := b.locks.lock(ctx, svc)
+			if err != nil {
+				return fmt.Errorf("destroy sandbox %s: %w", sb.ID, err)
+			}
+			unlock()
+			svcName, revName, tag, found = b.locate(sb)
+		}
+		if !found {
+			return nil
+		}
+	} else if err != nil {
 		return fmt.Errorf("destroy sandbox %s: %w", sb.ID, err)
 	}
 	if err := b.destroy(ctx, svcName, revName, tag); err != nil {
@@ -651,6 +676,49 @@ func (b *Backend) destroy(ctx context.Context, svcName, revName, tag string) err
 		return fmt.Errorf("delete revision %s: %w", revName, err)
 	}
 	return nil
+}
+
+// locate finds a sandbox by its id alone, in the informers' caches: its
+// revision by label, else the agent's Service whose route has its tag or
+// whose template is its revision (a provision between its template update
+// and Knative's creation of the revision).
+func (b *Backend) locate(sb sandboxes.Sandbox) (svc, rev, tag string, found bool) {
+	if sb.ID == "" {
+		return "", "", "", false
+	}
+	tag = SandboxTag(sb.ID)
+	revs, err := b.revisions.List(labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedBy, LabelSandboxID: sb.ID}))
+	if err == nil && len(revs) > 0 && revs[0].Labels[serving.ServiceLabelKey] != "" {
+		return revs[0].Labels[serving.ServiceLabelKey], revs[0].Name, tag, true
+	}
+	set := labels.Set{LabelManagedBy: ManagedBy}
+	if sb.AgentID != "" {
+		set[LabelAgentID] = sb.AgentID
+	}
+	svcs, err := b.services.List(labels.SelectorFromSet(set))
+	if err != nil {
+		return "", "", "", false
+	}
+	for _, s := range svcs {
+		_, tagged := findTag(s.Spec.Traffic, tag)
+		if tagged || s.Spec.Template.Labels[LabelSandboxID] == sb.ID {
+			return s.Name, SandboxRevisionName(s.Name, sb.ID), tag, true
+		}
+	}
+	return "", "", "", false
+}
+
+// serviceOf is the name of the agent's Service in the cache; "" if
+// unknown.
+func (b *Backend) serviceOf(agentID string) string {
+	if agentID == "" {
+		return ""
+	}
+	svcs, err := b.services.List(labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedBy, LabelAgentID: agentID}))
+	if err != nil || len(svcs) == 0 {
+		return ""
+	}
+	return svcs[0].Name
 }
 
 // cleanup undoes a failed provision, even when the caller's context has

@@ -460,7 +460,7 @@ func TestAdoption(t *testing.T) {
 	require.NoError(t, err)
 	idle, err = r.b.Suspend(r.ctx(), idle)
 	require.NoError(t, err)
-	r.b.Close()
+	require.NoError(t, r.b.Close(t.Context()))
 
 	restarted := newRigBackend(t, r)
 	listed, err := restarted.List(r.ctx())
@@ -489,6 +489,46 @@ func newRigBackend(t *testing.T, r *rig) *Backend {
 	b, err := NewForConfig(ctx, r.cfg, r.b.log, apiServer(t).Config)
 	require.NoError(t, err)
 	b.http = r.fake.httpClient()
-	t.Cleanup(b.Close)
+	t.Cleanup(func() { b.Close(context.Background()) })
 	return b
+}
+
+// TestDestroyByID: the control plane destroys a sandbox whose provision
+// had not returned with a record holding only its id (and agent id). The
+// backend finds it by its revision's label or by its Service's route.
+func TestDestroyByID(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, "")
+	agent := newAgent("orphans")
+	require.NoError(t, r.b.EnsureAgent(r.ctx(), agent))
+	tests := []struct {
+		name string
+		bare func(sb sandboxes.Sandbox) sandboxes.Sandbox
+	}{
+		{"id and agent id", func(sb sandboxes.Sandbox) sandboxes.Sandbox {
+			return sandboxes.Sandbox{ID: sb.ID, AgentID: sb.AgentID, Generation: sb.Generation}
+		}},
+		{"id alone", func(sb sandboxes.Sandbox) sandboxes.Sandbox { return sandboxes.Sandbox{ID: sb.ID} }},
+	}
+	for _, tt := range tests {
+		sb, err := r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleWarm))
+		require.NoError(t, err)
+		r.eventually(func() bool { return len(r.mustList()) > 0 }, "%s: the informer sees the revision", tt.name)
+		require.NoError(t, r.b.Destroy(r.ctx(), tt.bare(sb)), tt.name)
+		_, err = r.admin.ServingV1().Revisions(r.ns).Get(r.ctx(), sb.Data[DataRevision], metav1.GetOptions{})
+		assert.True(t, apierrors.IsNotFound(err), "%s: revision after destroy: %v", tt.name, err)
+		_, tagged := findTag(r.service("orphans").Spec.Traffic, sb.Data[DataTag])
+		assert.False(t, tagged, "%s: tag after destroy", tt.name)
+		r.eventually(func() bool { return len(r.mustList()) == 0 }, "%s: List after destroy", tt.name)
+	}
+	// A sandbox found nowhere is already destroyed.
+	require.NoError(t, r.b.Destroy(r.ctx(), sandboxes.Sandbox{ID: "01234567-89ab-cdef-0123-456789abcdef", AgentID: agent.ID}))
+	require.NoError(t, r.b.Destroy(r.ctx(), sandboxes.Sandbox{ID: "never-provisioned"}))
+}
+
+func (r *rig) mustList() []sandboxes.Sandbox {
+	r.t.Helper()
+	listed, err := r.b.List(r.ctx())
+	require.NoError(r.t, err)
+	return listed
 }

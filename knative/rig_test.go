@@ -195,7 +195,7 @@ func newRig(t testing.TB, namespace string, opts ...rigOption) *rig {
 	r.b, err = NewForConfig(startCtx, r.cfg, log, rc)
 	require.NoError(t, err)
 	r.b.http = r.fake.httpClient()
-	t.Cleanup(r.b.Close)
+	t.Cleanup(func() { r.b.Close(context.Background()) })
 	return r
 }
 

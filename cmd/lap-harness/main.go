@@ -65,7 +65,7 @@ func run(ctx context.Context, lookup func(string) (string, bool), environ []stri
 	if err != nil {
 		return err
 	}
-	addr := harness.ListenAddr(port, get("HARNESS_AUTH_TOKEN"))
+	addr := harness.ListenAddr(get("HARNESS_HOST"), port, get("HARNESS_AUTH_TOKEN"))
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", addr, err)

@@ -10,9 +10,12 @@
 //
 // Usage:
 //
-//	lap-kubeapi --dir DIR [--token-auth-file FILE] [-- kube-apiserver flags...]
+//	lap-kubeapi --dir DIR [--listen-ip IP] [--token-auth-file FILE] [-- kube-apiserver flags...]
 //
-// DIR receives the state (etcd data, certificates, keys). Once /readyz
+// DIR receives the state (etcd data, certificates, keys). The apiserver
+// listens on a free port of --listen-ip (default 127.0.0.1; Knative in a
+// box gives its host address, which its network namespaces reach, and the
+// serving certificate names it). Once /readyz
 // answers, DIR/kubeconfig is written (atomically, so its existence means
 // ready) for the cluster admin (a static token in group system:masters).
 // Lines of --token-auth-file (token,user,uid,"group1,group2") are added to
@@ -70,6 +73,7 @@ func run(ctx context.Context, args []string) error {
 	dir := fs.String("dir", "", "state directory (required); DIR/kubeconfig appears when ready")
 	tokens := fs.String("token-auth-file", "", "extra static tokens, kube-apiserver's CSV format")
 	fsync := fs.Bool("etcd-fsync", false, "fsync etcd writes (off: a test rig does not outlive its machine)")
+	listenIP := fs.String("listen-ip", "127.0.0.1", "address the apiserver listens on (a free port of it)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -95,7 +99,10 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if net.ParseIP(*listenIP) == nil {
+		return fmt.Errorf("--listen-ip %q is not an IP address", *listenIP)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(*listenIP, "0"))
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
@@ -108,7 +115,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	defaults := []string{
 		"--etcd-servers=" + etcdURL,
-		"--bind-address=127.0.0.1",
+		"--bind-address=" + *listenIP,
 		"--cert-dir=" + filepath.Join(dirAbs, "certs"),
 		"--token-auth-file=" + files.tokens,
 		"--authorization-mode=RBAC",
@@ -153,7 +160,7 @@ func run(ctx context.Context, args []string) error {
 	done := make(chan error, 1)
 	go func() { done <- app.Run(apiCtx, completed) }()
 
-	host := "https://127.0.0.1:" + strconv.Itoa(port)
+	host := "https://" + net.JoinHostPort(*listenIP, strconv.Itoa(port))
 	if err := waitReady(ctx, host, files, done); err != nil {
 		return err
 	}

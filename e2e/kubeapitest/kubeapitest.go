@@ -61,6 +61,10 @@ type Options struct {
 	// Args are extra kube-apiserver flags, parsed after the rig's: one
 	// given again overrides a single value and adds to a list.
 	Args []string
+	// ListenIP is the address the apiserver listens on; "" = 127.0.0.1.
+	ListenIP string
+	// Env is added to the apiserver process's environment.
+	Env []string
 	// Timeout bounds the start; 0 = two minutes.
 	Timeout time.Duration
 }
@@ -152,6 +156,9 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		}
 		args = append(args, "--token-auth-file", path)
 	}
+	if opts.ListenIP != "" {
+		args = append(args, "--listen-ip", opts.ListenIP)
+	}
 	if len(opts.Args) > 0 {
 		args = append(append(args, "--"), opts.Args...)
 	}
@@ -161,6 +168,9 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	}
 	s.cmd = exec.Command(opts.Binary, args...)
 	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
+	if len(opts.Env) > 0 {
+		s.cmd.Env = append(os.Environ(), opts.Env...)
+	}
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	setParentDeathSignal(s.cmd.SysProcAttr)
 	if err := s.cmd.Start(); err != nil {

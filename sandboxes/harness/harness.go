@@ -124,14 +124,16 @@ const (
 	SessionsDir = ".lap/sessions" // one <id>.json transcript per session
 )
 
-// ListenAddr is the address to listen on for port: every interface when
-// auth is on, 127.0.0.1 only when authToken is empty, so an
-// unauthenticated harness is never reachable from elsewhere.
-func ListenAddr(port, authToken string) string {
-	if authToken == "" {
-		return net.JoinHostPort("127.0.0.1", port)
+// ListenAddr is the address to listen on for port: host (HARNESS_HOST)
+// when set; else every interface when auth is on (a pod is reached from
+// outside it), and 127.0.0.1 only when authToken is empty, so an
+// unauthenticated harness is never reachable from elsewhere. The local
+// backend sets HARNESS_HOST=127.0.0.1: its harnesses are only for lapd.
+func ListenAddr(host, port, authToken string) string {
+	if host == "" && authToken == "" {
+		host = "127.0.0.1"
 	}
-	return net.JoinHostPort("", port)
+	return net.JoinHostPort(host, port)
 }
 
 func (c *Config) setDefaults() {

@@ -144,8 +144,9 @@ func TestAuthOffWithoutToken(t *testing.T) {
 	e := start(t, func(c *harness.Config) { c.AuthToken = "" })
 	status, _ := e.raw("GET", "/session", nil, "")
 	assert.Equal(t, 200, status)
-	assert.Equal(t, "127.0.0.1:4096", harness.ListenAddr("4096", ""))
-	assert.Equal(t, ":4096", harness.ListenAddr("4096", "secret"))
+	assert.Equal(t, "127.0.0.1:4096", harness.ListenAddr("", "4096", ""))
+	assert.Equal(t, ":4096", harness.ListenAddr("", "4096", "secret"))
+	assert.Equal(t, "127.0.0.1:4096", harness.ListenAddr("127.0.0.1", "4096", "secret"))
 }
 
 func TestPathEscapesRefused(t *testing.T) {

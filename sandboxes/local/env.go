@@ -17,7 +17,7 @@ var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 // buildEnv is a harness's whole environment (ARCHITECTURE §5) but PORT:
 // a minimal PATH, HOME and LANG, then the agent's secrets, the agent's
 // environment, the sandbox's own (HARNESS_AUTH_TOKEN, LITELLM_API_KEY) and
-// WORKSPACE, each overriding the ones before. Nothing comes from lapd's
+// WORKSPACE and HARNESS_HOST, each overriding the ones before. Nothing comes from lapd's
 // own environment, so MASTER_KEY and the real LLM key cannot leak into a
 // sandbox; the secrets may replace PATH, HOME or LANG, never the
 // variables lap sets.
@@ -39,6 +39,9 @@ func buildEnv(spec sandboxes.Spec, workspace, path string) (map[string]string, e
 		}
 	}
 	env["WORKSPACE"] = workspace
+	// Local harnesses serve lapd alone: loopback only (the Node harnesses
+	// and lap-harness honour it).
+	env["HARNESS_HOST"] = "127.0.0.1"
 	delete(env, "PORT")
 	return env, nil
 }

@@ -126,7 +126,7 @@ func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	llm := fakellm.Start(t)
 	return &fixture{llm: llm, agent: sandboxes.AgentSpec{
-		ID:         uuid.Must(uuid.NewV7()).String(),
+		ID:         uuid.NewString(),
 		Name:       "test-agent",
 		HarnessID:  "lap",
 		Generation: 1,
@@ -143,7 +143,7 @@ func newFixture(t testing.TB) *fixture {
 // spec is a sandbox of the fixture's agent with a fresh token.
 func (f *fixture) spec() sandboxes.Spec {
 	return sandboxes.Spec{
-		ID:    uuid.Must(uuid.NewV7()).String(),
+		ID:    uuid.NewString(),
 		Role:  sandboxes.RoleSession,
 		Agent: f.agent,
 		Env: map[string]string{

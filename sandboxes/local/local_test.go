@@ -1,8 +1,10 @@
 package local
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -75,6 +77,7 @@ func TestHarnessEnvironmentIsExactlyTheSandboxEnvironment(t *testing.T) {
 		"AGENT_PROMPT=You are a test agent.",
 		"BRANCH=main",
 		"HARNESS_AUTH_TOKEN=" + spec.Env["HARNESS_AUTH_TOKEN"],
+		"HARNESS_HOST=127.0.0.1",
 		"HOME=" + filepath.Join(workspace, "home"),
 		"LANG=C.UTF-8",
 		"LAP_MODEL=test/model",
@@ -109,7 +112,7 @@ func TestBuildEnvPrecedence(t *testing.T) {
 				Env: map[string]string{"HARNESS_AUTH_TOKEN": "t"},
 			},
 			want: map[string]string{"PATH": "/opt/bin", "HOME": "/ws/home", "LANG": "C.UTF-8",
-				"LAP_MODEL": "m", "WORKSPACE": "/ws", "HARNESS_AUTH_TOKEN": "t"},
+				"LAP_MODEL": "m", "WORKSPACE": "/ws", "HARNESS_AUTH_TOKEN": "t", "HARNESS_HOST": "127.0.0.1"},
 		},
 		{
 			name:    "bad name",
@@ -703,14 +706,17 @@ func TestBackendCapsLogsOfRunningSandboxes(t *testing.T) {
 	assert.Contains(t, logs, "chatty harness output\n")
 }
 
-// Harnesses running as their own users must reach their workspaces: a
-// data dir they cannot reach is refused at start with what to do.
+// Harnesses running as their own users must reach their workspaces: with
+// LOCAL_SANDBOX_USER=isolated a data dir they cannot reach is refused at
+// start with what to do; with auto (the default) lapd warns and runs them
+// as its own user, so `make run` works from a private home directory.
 func TestUnreachableDataDir(t *testing.T) {
 	t.Parallel()
 	private := filepath.Join(dataDir(t), "private")
 	require.NoError(t, os.Mkdir(private, 0o700))
 	dir := filepath.Join(private, "data", "sandboxes")
-	b, err := New(Options{Dir: dir, Config: localConfig(t, nil), ExecDir: binDir})
+	isolated := localConfig(t, map[string]string{"LOCAL_SANDBOX_USER": "isolated"})
+	b, err := New(Options{Dir: dir, Config: isolated, ExecDir: binDir})
 	if os.Geteuid() != 0 {
 		require.NoError(t, err, "harnesses run as lapd's user")
 		require.NoError(t, b.Close(t.Context()))
@@ -720,6 +726,15 @@ func TestUnreachableDataDir(t *testing.T) {
 	assert.Contains(t, err.Error(), "cannot reach their workspaces")
 	assert.Contains(t, err.Error(), "chmod o+x "+private)
 	assert.Contains(t, err.Error(), "LOCAL_SANDBOX_USER=root")
+
+	var logs bytes.Buffer
+	b, err = New(Options{Dir: dir, Config: localConfig(t, nil), ExecDir: binDir,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	require.NoError(t, err, "auto falls back to lapd's user")
+	assert.Equal(t, asLapd, b.users.mode)
+	assert.Contains(t, logs.String(), "without isolation")
+	assert.Contains(t, logs.String(), "chmod o+x "+private)
+	require.NoError(t, b.Close(t.Context()))
 
 	b, err = New(Options{Dir: dir, Config: localConfig(t, map[string]string{"LOCAL_SANDBOX_USER": "root"}), ExecDir: binDir})
 	require.NoError(t, err, "without isolation nothing needs reaching")

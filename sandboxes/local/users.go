@@ -52,7 +52,7 @@ func newUsers(cfg config.LocalConfig, euid int) (*users, error) {
 	u := &users{mode: asLapd, uid: -1, gid: -1, first: cfg.UIDFirst, last: cfg.UIDLast, registry: cfg.UIDRegistry}
 	name := cfg.SandboxUser
 	if euid != 0 {
-		if name != "auto" && name != "root" && name != "" {
+		if name != "auto" && name != "isolated" && name != "root" && name != "" {
 			return nil, fmt.Errorf("LOCAL_SANDBOX_USER=%s: switching users needs lapd to run as root", name)
 		}
 		return u, nil
@@ -60,7 +60,7 @@ func newUsers(cfg config.LocalConfig, euid int) (*users, error) {
 	switch name {
 	case "root":
 		return u, nil
-	case "auto", "":
+	case "auto", "isolated", "":
 		if u.first <= 0 || u.last < u.first {
 			return nil, fmt.Errorf("LOCAL_SANDBOX_UIDS: empty range %d-%d", u.first, u.last)
 		}
@@ -265,15 +265,21 @@ func checkReachable(root, userSetting string, uid, gid int) error {
 			return err
 		}
 	}
-	for dir := parent; ; dir = filepath.Dir(dir) {
+	return checkSearchable(parent, "their workspaces in "+root+":", userSetting, uid, gid)
+}
+
+// checkSearchable makes sure uid, gid may enter dir and every ancestor of
+// it; what names what is behind dir in the error.
+func checkSearchable(dir, what, userSetting string, uid, gid int) error {
+	for ; ; dir = filepath.Dir(dir) {
 		fi, err := os.Stat(dir)
 		if err != nil {
 			return err
 		}
 		if !searchable(fi, uid, gid) {
-			return fmt.Errorf("harnesses run as their own users (LOCAL_SANDBOX_USER=%s), which cannot reach their workspaces in %s: %s is %v; "+
+			return fmt.Errorf("harnesses run as their own users (LOCAL_SANDBOX_USER=%s), which cannot reach %s %s is %v; "+
 				"give it search permission (chmod o+x %s), put LAP_DATA_DIR elsewhere (e.g. /var/lib/lap), or set LOCAL_SANDBOX_USER=root to run harnesses without isolation",
-				userSetting, root, dir, fi.Mode().Perm(), dir)
+				userSetting, what, dir, fi.Mode().Perm(), dir)
 		}
 		if next := filepath.Dir(dir); next == dir {
 			return nil
