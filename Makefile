@@ -33,9 +33,10 @@ run: build
 test: build $(KUBEAPI)
 	LAP_KUBEAPI_BIN=$(KUBEAPI) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
-## bench: print lap's speed and memory figures
+## bench: run every benchmark and print lap's figures as one table (e2e/benchtable)
+BENCH_COUNT ?= 3
 bench: build $(KUBEAPI)
-	LAP_KUBEAPI_BIN=$(KUBEAPI) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./...
+	LAP_KUBEAPI_BIN=$(KUBEAPI) $(GO) run ./e2e/benchtable -count $(BENCH_COUNT)
 
 ## kubeapi: build bin/lap-kubeapi (kube-apiserver + etcd for tests)
 kubeapi: $(KUBEAPI)
