@@ -240,7 +240,7 @@ var headline = []row{
 		cells: []cell{{scale, "sessions-first-p50-ms"}}, goal: "≤ 10 ms", met: atMost(10)},
 	{figure: "  a page 1,000 pages deep / one agent's / one status's / GET /agents", format: "%.2f / %.2f / %.2f / %.2f ms",
 		cells: []cell{{scale, "sessions-deep-p50-ms"}, {scale, "sessions-agent-p50-ms"}, {scale, "sessions-status-p50-ms"}, {scale, "agents-first-p50-ms"}},
-		goal: "≤ 10 ms", met: atMost(10, 10, 10, 10)},
+		goal:  "≤ 10 ms", met: atMost(10, 10, 10, 10)},
 	{figure: "lapd RSS with 100k sessions and 10k agents stored (anonymous part)", format: "%.0f MB (%.0f MB)",
 		cells: []cell{{scale, "lapd-rss-MB"}, {scale, "lapd-anon-MB"}}, goal: "≤ 150 MB", met: atMost(150)},
 	{figure: "  after a client read 50,000 of the sessions (file pages mapped in)", format: "%.0f MB (%.0f MB)",
@@ -341,4 +341,3 @@ func tail(out []byte, n int) string {
 	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
-
