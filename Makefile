@@ -40,9 +40,10 @@ test: build box
 	$(GO) test -count=1 -v -timeout $(TEST_TIMEOUT) $(BOX_E2E) || rc=$$?; \
 	exit $$rc
 
-## bench: print lap's speed and memory figures
+## bench: run every benchmark and print lap's figures as one table (e2e/benchtable)
+BENCH_COUNT ?= 3
 bench: build box
-	LAP_KUBEAPI_BIN=$(KUBEAPI) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./...
+	LAP_KUBEAPI_BIN=$(KUBEAPI) $(GO) run ./e2e/benchtable -count $(BENCH_COUNT)
 
 ## kubeapi: build bin/lap-kubeapi (kube-apiserver + etcd for tests)
 kubeapi: $(KUBEAPI)
@@ -160,3 +161,24 @@ $(BIN)/lap-harness-opencode: Makefile
 	printf '#!/bin/sh\n# Made by make build: the opencode harness of %s\nexec "$${NODE:-node}" "%s/dist/opencode.js" "$$@"\n' \
 		"$(CURDIR)" "$(CURDIR)/$(SDK_DIR)" > $@
 	chmod +x $@
+
+## ---- End-to-end: fuzzing, load and the benchmark table (e2e/) ----
+# Every fuzz target (func FuzzXxx in a _test.go file) runs for FUZZTIME;
+# plain go test runs their seeds. Targets are found in the sources, so a
+# new one is fuzzed without a change here.
+FUZZTIME ?= 10s
+
+.PHONY: fuzz
+test: fuzz
+
+## fuzz: run every Go fuzz target for FUZZTIME (make test does)
+fuzz:
+	@set -e; for f in $$(grep -l '^func Fuzz' $$(git ls-files -co --exclude-standard '*_test.go')); do \
+	  for fn in $$(grep -o '^func Fuzz[A-Za-z0-9_]*' $$f | cut -d' ' -f2); do \
+	    log=$$(mktemp); \
+	    if ! $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$(dirname $$f) >$$log 2>&1; then \
+	      cat $$log; rm -f $$log; exit 1; \
+	    fi; \
+	    echo "fuzz ./$$(dirname $$f) $$fn $(FUZZTIME): $$(grep -o 'execs: [0-9]*' $$log | tail -1)"; rm -f $$log; \
+	  done; \
+	done

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"lap.dev/lap/control/api"
+	"lap.dev/lap/sandboxes/protocol"
 )
 
 // chatCmd is `lap <agent>` (also `lap chat <agent>`): open a session and
@@ -155,7 +156,7 @@ func (ch *chat) recap(msgs []api.Message) {
 		fmt.Fprintln(ch.status, ch.st.dim(fmt.Sprintf("… %d earlier messages", start)))
 	}
 	for _, m := range msgs[start:] {
-		text := m.Text()
+		text := paragraphs(m)
 		if text == "" {
 			continue
 		}
@@ -168,6 +169,18 @@ func (ch *chat) recap(msgs []api.Message) {
 			fmt.Fprintln(ch.status, ch.st.dim("("+strings.ToLower(e.Name)+": "+e.Message+")"))
 		}
 	}
+}
+
+// paragraphs is a message's text parts, each its own paragraph: parts
+// that a turn's tool calls separated must not run into one another.
+func paragraphs(m api.Message) string {
+	var texts []string
+	for _, p := range m.Parts {
+		if t := strings.TrimSpace(p.Text); p.Type == protocol.PartText && t != "" {
+			texts = append(texts, t)
+		}
+	}
+	return strings.Join(texts, "\n\n")
 }
 
 // run waits for the sandbox if asked, then chats in the mode that fits and
@@ -210,21 +223,10 @@ func (ch *chat) end(err error) error {
 		}
 		return err
 	}
-	fmt.Fprintf(ch.status, "session %s kept; resume it with: lap resume %s\n", id, ch.resumeID())
-	return err
-}
-
-// resumeID is the shortest prefix (8 hex digits at least) that names the
-// session alone. UUIDv7s begin with their creation time, so sessions made
-// within the same minute share their first 8 digits.
-func (ch *chat) resumeID() string {
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
-	all, err := ch.cl.ListSessions(ctx, "", "")
-	if err != nil {
-		return shortID(ch.session.ID)
-	}
-	return uniquePrefix(ch.session.ID, all)
+	fmt.Fprintf(ch.status, "session %s kept; resume it with: lap resume %s\n", id, resumeID(ctx, ch.cl, ch.session))
+	return err
 }
 
 // waitReady prints "waiting for sandbox." and the session's phases as they

@@ -104,11 +104,7 @@ func (c *sessionsGetCmd) Run(ctx context.Context, a *app) error {
 	if c.JSON {
 		return writeJSON(a.out, s)
 	}
-	resumeID := shortID(s.ID)
-	if all, err := cl.ListSessions(ctx, "", ""); err == nil {
-		resumeID = uniquePrefix(s.ID, all)
-	}
-	printSession(a.out, s, resumeID, a)
+	printSession(a.out, s, resumeID(ctx, cl, s), a)
 	return nil
 }
 
@@ -165,61 +161,37 @@ func (c *sessionsDeleteCmd) Run(ctx context.Context, a *app) error {
 	return nil
 }
 
-// findSession accepts a full id or a unique prefix of one (with or without
-// dashes), which is what lap prints.
+// findSession accepts a full id or a unique prefix of one (8 hex digits
+// or more, with or without dashes), which is what lap prints. The server
+// resolves it: one request, however many sessions there are.
 func findSession(ctx context.Context, cl *Client, idOrPrefix string) (api.Session, error) {
-	want := strings.ToLower(strings.ReplaceAll(idOrPrefix, "-", ""))
-	if want == "" {
+	hex := strings.ReplaceAll(idOrPrefix, "-", "")
+	switch {
+	case hex == "":
 		return api.Session{}, withCode(ExitUsage, errors.New("empty session id"))
+	case len(hex) < 8:
+		return api.Session{}, withCode(ExitUsage, fmt.Errorf("session id %s is too short: give at least its first 8 hex digits (lap sessions lists them)", idOrPrefix))
 	}
-	if len(want) == 32 {
-		s, err := cl.GetSession(ctx, idOrPrefix)
-		if isStatus(err, 404) {
-			return api.Session{}, withCode(ExitNotFound, fmt.Errorf("session %s not found", shortID(idOrPrefix)))
-		}
-		return s, err
-	}
-	all, err := cl.ListSessions(ctx, "", "")
-	if err != nil {
-		return api.Session{}, err
-	}
-	var matches []api.Session
-	for _, s := range all {
-		if strings.HasPrefix(strings.ReplaceAll(s.ID, "-", ""), want) {
-			matches = append(matches, s)
-		}
-	}
-	switch len(matches) {
-	case 0:
+	s, err := cl.GetSession(ctx, idOrPrefix)
+	switch {
+	case isStatus(err, 404):
 		return api.Session{}, withCode(ExitNotFound, fmt.Errorf("session %s not found (lap sessions lists them)", idOrPrefix))
-	case 1:
-		return matches[0], nil
+	case isStatus(err, 409):
+		// The server's message lists the sessions the prefix names.
+		return api.Session{}, withCode(ExitUsage, err)
 	}
-	// UUIDv7s start with their creation time: sessions opened within the
-	// same minute share their first 8 hex digits.
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d sessions start with %s; give more digits:", len(matches), idOrPrefix)
-	for _, s := range matches {
-		fmt.Fprintf(&b, "\n  %s  %s  %s", uniquePrefix(s.ID, all), orDash(s.AgentName), s.Status)
-	}
-	return api.Session{}, withCode(ExitUsage, errors.New(b.String()))
+	return s, err
 }
 
-// uniquePrefix is the shortest prefix of id's hex digits, 8 at least, that
-// no other session in all shares.
-func uniquePrefix(id string, all []api.Session) string {
-	hex := strings.ReplaceAll(id, "-", "")
-	n := 8
-	for _, s := range all {
-		other := strings.ReplaceAll(s.ID, "-", "")
-		if other == hex {
-			continue
-		}
-		for n < len(hex) && strings.HasPrefix(other, hex[:n]) {
-			n++
-		}
+// resumeID is how lap names session s for `lap resume`: its 8 hex digits
+// when the server resolves them to s alone (ids are random, so they
+// nearly always do), else its full id.
+func resumeID(ctx context.Context, cl *Client, s api.Session) string {
+	short := shortID(s.ID)
+	if got, err := cl.GetSession(ctx, short); err == nil && got.ID == s.ID {
+		return short
 	}
-	return hex[:min(n, len(hex))]
+	return s.ID
 }
 
 type logsCmd struct {

@@ -115,6 +115,31 @@ func orDash(s string) string {
 }
 
 // truncate cuts s to at most n runes, marking the cut with "…".
+// fitTitle shortens a tool line's title to n runes. A title that ends in
+// an absolute path ("edit: /long/workspace/repo/README.md") loses the
+// middle of the path, whose end (the file) says the most; others lose
+// their end.
+func fitTitle(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	name, path, ok := strings.Cut(s, ": /")
+	if !ok || strings.ContainsAny(path, " \t") {
+		return truncate(s, n)
+	}
+	head := []rune(name + ": ")
+	keep := n - len(head) - 1 // the rest of the line after "…"
+	if keep < 8 {
+		return truncate(s, n)
+	}
+	tail := string(r[len(r)-keep:])
+	if i := strings.IndexByte(tail, '/'); i > 0 {
+		tail = tail[i:] // start at a whole path element
+	}
+	return string(head) + "…" + tail
+}
+
 func truncate(s string, n int) string {
 	r := []rune(s)
 	if len(r) <= n {

@@ -294,7 +294,7 @@ func (r *turnRenderer) toolLine(p protocol.Part, status string) string {
 		mark = r.st.dim("·")
 	}
 	if r.tty {
-		title = truncate(title, r.width-3)
+		title = fitTitle(title, r.width-3)
 	}
 	return mark + " " + title
 }

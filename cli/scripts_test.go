@@ -236,17 +236,17 @@ func TestScriptSessions(t *testing.T) {
 	fake.AddAgent(api.CreateAgentRequest{Name: "other"})
 	s := newScript(t, fake)
 	s.run(step{args: []string{"sessions"}})
-	_, stderr := s.run(step{args: []string{"my-sdk-agent", "-m", "hello"}})
-	id := regexp.MustCompile(`✓ session ([0-9a-f]{8})`).FindStringSubmatch(stderr)
-	if id == nil {
-		t.Fatalf("no session line in %q", stderr)
-	}
+	// Ids are random; these two share their first 8 hex digits, as two
+	// of many sessions rarely may.
+	fake.NextSessionIDs("c3970704-1111-4000-8000-00000000000a", "c3970704-2222-4000-8000-00000000000b")
+	s.run(step{args: []string{"my-sdk-agent", "-m", "hello"}})
 	s.run(step{args: []string{"other", "-m", "hello"}})
 	s.run(step{args: []string{"sessions"}})
 	s.run(step{args: []string{"sessions", "--agent", "my-sdk-agent", "--json"}})
-	// Every session made within the same minute shares its first 8 hex
-	// digits (UUIDv7), so that prefix is ambiguous here.
-	s.run(step{args: []string{"sessions", "get", id[1]}, code: cli.ExitUsage})
+	// The server resolves short ids and lists what an ambiguous one names.
+	s.run(step{args: []string{"sessions", "get", "c3970704"}, code: cli.ExitUsage})
+	s.run(step{args: []string{"sessions", "get", "c39707"}, code: cli.ExitUsage})
+	s.run(step{args: []string{"logs", "c39707042222"}})
 	full := sessionIDs(t, fake)
 	s.run(step{args: []string{"sessions", "get", full[0]}})
 	s.run(step{args: []string{"resume", full[0], "-m", "again"}})

@@ -101,8 +101,10 @@ func TestFormatting(t *testing.T) {
 		{shortID("0190a3b2-7c1d-7e00-8000-000000000000"), "0190a3b2"},
 		{maskKey(""), "(none)"}, {maskKey("short"), "*****"}, {maskKey("lap_0123456789abcdef"), "lap_********cdef"},
 		{truncate("abcdef", 4), "abc…"}, {truncate("abc", 4), "abc"},
-		{uniquePrefix("01a2226c-aaaa-7000-8000-000000000001", []api.Session{{ID: "01a2226c-aaab-7000-8000-000000000002"}}), "01a2226caaaa"},
-		{uniquePrefix("01a2226c-aaaa-7000-8000-000000000001", []api.Session{{ID: "01a2226d-aaab-7000-8000-000000000002"}}), "01a2226c"},
+		{fitTitle("edit: /tmp/lap/data/sandboxes/4a2e8070/workspace/repo/README.md", 30), "edit: …/repo/README.md"},
+		{fitTitle("edit: /repo/README.md", 30), "edit: /repo/README.md"},
+		{fitTitle("bash: ls -la /tmp/lap/data/sandboxes/4a2e8070", 20), "bash: ls -la /tmp/l…"},
+		{fitTitle("edit: /a/b", 9), "edit: /a…"},
 	}
 	for i, tt := range tests {
 		if tt.got != tt.want {
@@ -278,5 +280,20 @@ func TestToolTitle(t *testing.T) {
 		if got := toolTitle(tt.p); got != tt.want {
 			t.Errorf("toolTitle(%+v) = %q, want %q", tt.p, got, tt.want)
 		}
+	}
+}
+
+// A resumed session's recap keeps the text parts of a message apart: a
+// turn's tool calls separated them on screen.
+func TestParagraphs(t *testing.T) {
+	t.Parallel()
+	m := api.Message{Parts: []protocol.Part{
+		{Type: protocol.PartText, Text: "Let me read it first."},
+		{Type: protocol.PartTool, Tool: "read"},
+		{Type: protocol.PartText, Text: "  "},
+		{Type: protocol.PartText, Text: "I updated README.md.\n"},
+	}}
+	if got, want := paragraphs(m), "Let me read it first.\n\nI updated README.md."; got != want {
+		t.Errorf("paragraphs = %q, want %q", got, want)
 	}
 }

@@ -170,7 +170,7 @@ func (s *Server) resolveAgent(ctx context.Context, ref string) (store.Agent, err
 	case errors.Is(err, store.ErrNotFound):
 		return a, notFound("agent %s not found", ref)
 	case errors.Is(err, store.ErrConflict):
-		return a, conflict("%s matches several agents; give more of the id", ref)
+		return a, ambiguous(err, ref, "agent")
 	}
 	return a, err
 }

@@ -150,6 +150,8 @@ func TestAgentValidation(t *testing.T) {
 		{"negative pool", "application/json", `{"name": "p", "model": "m", "warm_pool_size": -1}`, 400, api.CodeBadRequest, "warm_pool_size"},
 		{"negative budget", "application/json", `{"name": "p", "model": "m", "max_budget_usd": -1}`, 400, api.CodeBadRequest, "max_budget_usd"},
 		{"several problems at once", "application/json", `{"name": "X", "harness_id": "nope"}`, 400, api.CodeBadRequest, "harness_id"},
+		{"prompt of 64 KiB", "application/json", `{"name": "long-prompt", "model": "m", "prompt": "` + strings.Repeat("x", 64<<10) + `"}`, 201, "", ""},
+		{"prompt over 64 KiB", "application/json", `{"name": "p", "model": "m", "prompt": "` + strings.Repeat("x", 64<<10+1) + `"}`, 400, api.CodeBadRequest, "at most 65536"},
 		{"body over 1 MiB", "application/json", `{"name": "big", "model": "m", "prompt": "` + strings.Repeat("x", 1<<20) + `"}`, 413, api.CodeTooLarge, "larger than"},
 	}
 	for _, tt := range tests {

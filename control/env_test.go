@@ -31,7 +31,7 @@ const testKey = "sk-lap-test-master-key-0123456789"
 // env is one lapd control plane on loopback with the in-process test
 // backend, a real bbolt file and real HTTP.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	srv     *Server
 	store   *store.Store
 	backend *sandboxestest.Backend
@@ -55,7 +55,7 @@ type envOptions struct {
 	noCleanup bool
 }
 
-func newEnv(t *testing.T, opts envOptions) *env {
+func newEnv(t testing.TB, opts envOptions) *env {
 	t.Helper()
 	dir := t.TempDir()
 	return startEnv(t, dir, opts)
@@ -63,7 +63,7 @@ func newEnv(t *testing.T, opts envOptions) *env {
 
 // startEnv starts a control plane on the data dir dir (reused across a
 // simulated restart).
-func startEnv(t *testing.T, dir string, opts envOptions) *env {
+func startEnv(t testing.TB, dir string, opts envOptions) *env {
 	t.Helper()
 	// No warm pool unless a test asks for one: most tests count the
 	// sandboxes they make.
@@ -209,7 +209,7 @@ func (e *env) session(id string) api.Session {
 }
 
 // waitFor polls cond until it holds, failing the test after a deadline.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for delay := time.Millisecond; ; delay = min(delay*2, 100*time.Millisecond) {

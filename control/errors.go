@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"syscall"
 
 	"github.com/gofiber/fiber/v2"
@@ -48,6 +49,21 @@ func unavailable(format string, args ...any) error {
 
 func unprocessable(format string, args ...any) error {
 	return newAPIError(http.StatusUnprocessableEntity, api.CodeUnprocessable, format, args...)
+}
+
+// ambiguous is the 409 for a short id that names several records (err
+// from the store): it lists them, so the user can pick one without
+// listing everything.
+func ambiguous(err error, ref, kind string) error {
+	var amb *store.AmbiguousError
+	if !errors.As(err, &amb) {
+		return conflict("%s is the start of several %s ids; give more of the id", ref, kind)
+	}
+	n := fmt.Sprint(len(amb.Matches))
+	if amb.More {
+		n = "more than " + n
+	}
+	return conflict("%s is the start of %s %s ids: %s; give more of the id", ref, n, kind, strings.Join(amb.Matches, ", "))
 }
 
 // harnessFailure is a turn that failed in or on the way to the harness.

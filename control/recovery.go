@@ -25,9 +25,17 @@ func (s *Server) recoverState(ctx context.Context) error {
 	if len(failed) > 0 {
 		s.log.Warn("turns interrupted by the last stop marked failed", "count", len(failed))
 	}
+	s.mu.Lock()
+	for _, m := range failed {
+		s.interrupted[m.SessionID] = true
+	}
+	s.mu.Unlock()
 	if err := s.adoptSandboxes(ctx); err != nil {
 		// Not fatal: every session still recovers at its next message.
 		s.log.Warn("adopt the backend's sandboxes", "backend", s.backend.Name(), "err", err)
+	}
+	if len(failed) > 0 {
+		s.goBackground(func(ctx context.Context) { s.abortInterrupted(ctx, failed) })
 	}
 
 	stuck, err := s.store.ListSandboxes(ctx, store.SandboxFilter{States: []string{store.SandboxProvisioning}})
@@ -72,6 +80,62 @@ func (s *Server) recoverState(ctx context.Context) error {
 		s.goBackground(func(ctx context.Context) { s.ensureAgents(ctx, agents) })
 	}
 	return nil
+}
+
+// abortInterrupted stops, in harnesses that outlived lapd, the turns that
+// recoverState marked failed: nobody waits for their answers any more, and
+// a harness busy with one would refuse the session's next message. A
+// harness that is gone or already idle needs nothing; call still aborts a
+// turn it finds running when a message comes.
+func (s *Server) abortInterrupted(ctx context.Context, failed []store.Message) {
+	seen := map[string]bool{}
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for _, m := range failed {
+		if seen[m.SessionID] {
+			continue
+		}
+		seen[m.SessionID] = true
+		tgt, ok := s.runningTarget(ctx, m.SessionID)
+		if !ok {
+			continue
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			actx, cancel := context.WithTimeout(ctx, abortGrace)
+			defer cancel()
+			if err := s.harness.abort(actx, tgt); err != nil {
+				s.log.Info("abort an interrupted turn in its harness", "session", m.SessionID, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// runningTarget is the harness session of session id when its sandbox is
+// claimed and its harness was found running.
+func (s *Server) runningTarget(ctx context.Context, id string) (target, bool) {
+	sess, err := s.store.GetSession(ctx, id)
+	if err != nil || sess.SandboxID == "" || sess.HarnessSessionID == "" {
+		return target{}, false
+	}
+	sb, err := s.store.GetSandbox(ctx, sess.SandboxID)
+	if err != nil || sb.State != store.SandboxClaimed {
+		return target{}, false
+	}
+	bsb, err := backendRecord(sb)
+	if err != nil || !bsb.Running {
+		return target{}, false
+	}
+	return targetOf(sb, bsb, sess.HarnessSessionID), true
 }
 
 // ensureAgents re-applies every agent on the backend (idempotent), a few

@@ -92,11 +92,14 @@ type Server struct {
 	started  atomic.Bool
 	draining atomic.Bool
 
-	mu       sync.Mutex
-	active   map[string]*turn // running turn per session id
-	turns    sync.WaitGroup   // running turns
-	bg       sync.WaitGroup   // background jobs (provisioning, cleanup)
-	bgClosed bool             // Shutdown is waiting for bg; start no more
+	mu     sync.Mutex
+	active map[string]*turn // running turn per session id
+	// interrupted holds sessions whose turn a stop of lapd interrupted
+	// (failed at start-up) until their harness answers a turn again.
+	interrupted map[string]bool
+	turns       sync.WaitGroup // running turns
+	bg          sync.WaitGroup // background jobs (provisioning, cleanup)
+	bgClosed    bool           // Shutdown is waiting for bg; start no more
 }
 
 // New builds the server and its routes. It does no I/O.
@@ -125,6 +128,8 @@ func New(opts Options) (*Server, error) {
 		baseCtx:    ctx,
 		cancelBase: cancel,
 		active:     map[string]*turn{},
+
+		interrupted: map[string]bool{},
 
 		pingInterval: pingInterval,
 	}

@@ -27,7 +27,7 @@ func (s *Server) resolveSession(ctx context.Context, ref string) (store.Session,
 	case errors.Is(err, store.ErrNotFound):
 		return sess, notFound("session %s not found", ref)
 	case errors.Is(err, store.ErrConflict):
-		return sess, conflict("%s matches several sessions; give more of the id", ref)
+		return sess, ambiguous(err, ref, "session")
 	}
 	return sess, err
 }

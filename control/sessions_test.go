@@ -8,12 +8,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/sandboxes"
+	"lap.dev/lap/sandboxes/protocol"
 	"lap.dev/lap/sandboxes/sandboxestest"
 	"lap.dev/lap/store"
 )
@@ -506,4 +508,84 @@ func TestHarnessBusyThroughPassThroughIs409(t *testing.T) {
 		status, _, _ := e.send(sess.ID, "now")
 		return status == http.StatusOK
 	})
+}
+
+// A short id resolves on the server, with or without dashes; one that
+// names several sessions is a 409 that lists them.
+func TestShortSessionIDs(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	a := e.createAgent("shorty", nil)
+	ids := []string{"0badcafe-1111-4000-8000-000000000001", "0badcafe-2222-4000-8000-000000000002"}
+	for _, id := range ids {
+		_, err := e.store.CreateSession(context.Background(), store.Session{ID: id, AgentID: a.ID, Status: api.SessionIdle})
+		require.NoError(t, err)
+	}
+	for ref, want := range map[string]string{"0badcafe1": ids[0], "0BADCAFE-2222": ids[1], ids[1]: ids[1]} {
+		assert.Equal(t, want, e.session(ref).ID, ref)
+	}
+	status, body := e.raw(http.MethodGet, api.BasePath+"/sessions/0badcafe", "", nil, true)
+	assert.Equal(t, http.StatusConflict, status)
+	assert.Equal(t, api.ErrorDetail{Code: api.CodeConflict, Message: "0badcafe is the start of 2 session ids: " +
+		ids[0] + ", " + ids[1] + "; give more of the id"}, errorOf(t, body))
+	status, _ = e.raw(http.MethodGet, api.BasePath+"/sessions/0badcaf", "", nil, true)
+	assert.Equal(t, http.StatusNotFound, status, "fewer than 8 digits name nothing")
+}
+
+// A harness that outlived lapd and still runs the turn lapd's restart
+// recorded as failed has that turn aborted; the next message is answered.
+func TestInterruptedTurnStillRunningInTheHarnessIsAborted(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	backend := sandboxestest.New(sandboxestest.Options{})
+	t.Cleanup(backend.Close)
+	dir := t.TempDir()
+	first := startEnv(t, dir, envOptions{sandboxes: backend, noCleanup: true})
+	first.createAgent("orphan", nil)
+	sess := first.readySession("orphan")
+	sb, err := first.store.GetSandbox(ctx, sess.SandboxID)
+	require.NoError(t, err)
+	bsb, err := backendRecord(sb)
+	require.NoError(t, err)
+	tgt := targetOf(sb, bsb, sess.HarnessSessionID)
+
+	// What a SIGKILL mid-turn leaves: the user message pending in the log
+	// and its turn running on in the harness (until aborted).
+	_, err = first.store.AppendMessage(ctx, store.Message{SessionID: sess.ID, Role: "user", Status: store.MessagePending,
+		Data: json.RawMessage(`{"info":{"role":"user"},"parts":[{"type":"text","text":"/block"}]}`)})
+	require.NoError(t, err)
+	events, err := first.srv.harness.openEvents(ctx, tgt)
+	require.NoError(t, err)
+	defer events.close()
+	orphan := make(chan protocol.Message, 1)
+	go func() {
+		m, err := newHarnessClient().sendMessage(ctx, tgt, protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "/block"}}})
+		assert.NoError(t, err)
+		orphan <- m
+	}()
+	for {
+		ev, err := events.next()
+		require.NoError(t, err)
+		if ev.Type == protocol.EventMessageUpdated && ev.Properties.SessionID == tgt.sessionID {
+			break // the turn runs
+		}
+	}
+	first.stop()
+
+	second := startEnv(t, dir, envOptions{sandboxes: backend})
+	status, m, body := second.send(sess.ID, "hello")
+	require.Equal(t, http.StatusOK, status, "%s", body)
+	assert.Equal(t, "echo: hello", m.Text())
+	select {
+	case m := <-orphan:
+		require.NotNil(t, m.Info.Error)
+		assert.Equal(t, "Aborted", m.Info.Error.Name, "the interrupted turn was aborted")
+	case <-time.After(time.Minute):
+		t.Fatal("the interrupted turn did not end")
+	}
+	var got []string
+	for _, m := range second.messages(sess.ID) {
+		got = append(got, m.Info.Role+" "+m.Info.Status)
+	}
+	assert.Equal(t, []string{"user failed", "user completed", "assistant completed"}, got)
 }

@@ -187,7 +187,11 @@ func (t *turn) run(ctx context.Context) (api.Message, error) {
 // call sends the message to the harness. If the harness was not running
 // (the connection was refused, so it never saw the message) it is brought
 // back and the message sent once more; if the harness lost its session, a
-// new one is opened with the history and the message sent once more.
+// new one is opened with the history and the message sent once more; if
+// the harness is still busy with a turn that a crash of lapd interrupted,
+// that turn is aborted and the message sent again once the harness is
+// free. (A harness busy with a turn an API client started through the
+// pass-through is left alone: the sender gets a 409.)
 func (t *turn) call(ctx, prep context.Context, tgt target, sess store.Session) (protocol.Message, error) {
 	s := t.s
 	for attempt := 0; ; attempt++ {
@@ -199,20 +203,67 @@ func (t *turn) call(ctx, prep context.Context, tgt target, sess store.Session) (
 		if w != nil {
 			w.finish(err == nil)
 		}
-		if err == nil || attempt > 0 || t.wasAborted() {
+		if err == nil || t.wasAborted() {
 			return msg, err
 		}
 		switch {
-		case notSent(err):
+		case attempt == 0 && notSent(err):
 			s.log.Info("harness not answering; resuming", "session", t.sessionID, "err", err)
 			tgt, sess, err = s.ensureRunning(prep, sess, true, t.user.Seq)
-		case isStatus(err, http.StatusNotFound):
+		case attempt == 0 && isStatus(err, http.StatusNotFound):
 			s.log.Info("harness lost the session; opening a new one with the history", "session", t.sessionID)
 			tgt, err = s.reopenHarnessSession(prep, sess, tgt, t.user.Seq)
+		case isStatus(err, http.StatusConflict) && attempt < len(busyBackoff) && s.wasInterrupted(t.sessionID):
+			// The harness outlived lapd and still runs the turn the log
+			// recorded as failed at start-up. abortInterrupted asked it
+			// to stop; ask again in case that failed, and send once the
+			// harness is free. The harness refused the message, so
+			// sending it again cannot run it twice.
+			if attempt == 0 {
+				s.log.Info("harness still busy with a turn lapd's restart interrupted; aborting it", "session", t.sessionID)
+			}
+			err = s.abortOrphan(prep, tgt, busyBackoff[attempt])
+		default:
+			return protocol.Message{}, err
 		}
 		if err != nil {
 			return protocol.Message{}, err
 		}
+	}
+}
+
+// wasInterrupted reports whether session id had a turn running when lapd
+// last stopped, and has answered none since.
+func (s *Server) wasInterrupted(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.interrupted[id]
+}
+
+// busyBackoff is how long call waits after each abort of a turn it finds
+// running in the harness: about 10 s in all, then the turn fails (409).
+var busyBackoff = []time.Duration{
+	20 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond,
+	400 * time.Millisecond, 800 * time.Millisecond, time.Second, time.Second, time.Second,
+	time.Second, time.Second, time.Second, time.Second, time.Second,
+}
+
+// abortOrphan asks the harness to abort the turn it runs for tgt's
+// session and waits wait (or until ctx ends).
+func (s *Server) abortOrphan(ctx context.Context, tgt target, wait time.Duration) error {
+	actx, cancel := context.WithTimeout(ctx, abortGrace)
+	err := s.harness.abort(actx, tgt)
+	cancel()
+	if err != nil {
+		s.log.Warn("abort a turn lapd does not run", "session", tgt.sessionID, "err", err)
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -335,6 +386,9 @@ func (t *turn) finish(ctx context.Context, msg protocol.Message) (api.Message, e
 	}
 	s.metrics.turns.WithLabelValues(outcome).Inc()
 	s.metrics.turnDuration.Observe(time.Since(t.started).Seconds())
+	s.mu.Lock()
+	delete(s.interrupted, t.sessionID) // its harness answered: no orphan left
+	s.mu.Unlock()
 	s.publishMessage(user)
 	s.publishMessage(asst)
 	out := renderMessage(asst)

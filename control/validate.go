@@ -31,6 +31,10 @@ const (
 	maxBranchLen    = 200
 	maxModelLen     = 200
 	maxWarmPoolSize = 100
+	// maxPromptBytes bounds an agent's prompt: it reaches the harness as
+	// AGENT_PROMPT in its environment, and Linux refuses to start a
+	// process with an environment string over 128 KiB (MAX_ARG_STRLEN).
+	maxPromptBytes = 64 << 10
 )
 
 var (
@@ -147,6 +151,9 @@ func validateBranch(p *problems, b string) {
 func validatePrompt(p *problems, prompt string) {
 	if !utf8.ValidString(prompt) {
 		p.add("prompt must be UTF-8 text")
+	}
+	if len(prompt) > maxPromptBytes {
+		p.add("prompt is %d bytes; at most %d (it reaches the sandbox in its environment)", len(prompt), maxPromptBytes)
 	}
 }
 

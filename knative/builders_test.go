@@ -112,7 +112,8 @@ func TestNames(t *testing.T) {
 	tests := []struct {
 		id, short string
 	}{
-		// UUIDv7s of the same minute share their first 8 hex digits.
+		// The tag is made of the last 8 hex digits (ids were once UUIDv7s,
+		// whose first 8 are the same for a minute's ids).
 		{"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", "2e3f4a5b"},
 		{"0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c", "2e3f4a5c"},
 		{"0193A1B2-C3D4-7E5F-8A9B-0C1D2E3F4A5B", "2e3f4a5b"},

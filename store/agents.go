@@ -106,7 +106,8 @@ func (s *Store) GetAgent(ctx context.Context, id string) (Agent, error) {
 
 // ResolveAgent finds an agent by id, by name, or by a unique id prefix of
 // at least 8 characters, in that order. It returns an error wrapping
-// ErrNotFound, or ErrConflict when a prefix matches several agents.
+// ErrNotFound, or an *AmbiguousError (which wraps ErrConflict) when a
+// prefix matches several agents. A prefix may leave out the dashes.
 func (s *Store) ResolveAgent(ctx context.Context, ref string) (Agent, error) {
 	var a Agent
 	err := s.view(ctx, func(tx *bolt.Tx) error {
@@ -117,10 +118,11 @@ func (s *Store) ResolveAgent(ctx context.Context, ref string) (Agent, error) {
 		if id := tx.Bucket(bucketAgentNames).Get([]byte(ref)); id != nil {
 			return getJSON(agents, id, &a)
 		}
-		if !isIDPrefix(ref) {
+		prefix, ok := idPrefix(ref)
+		if !ok {
 			return ErrNotFound
 		}
-		id, err := resolvePrefix(agents, ref)
+		id, err := resolvePrefix(agents, ref, prefix)
 		if err != nil {
 			return err
 		}

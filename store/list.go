@@ -173,31 +173,83 @@ func prefixEnd(prefix []byte) []byte {
 	return nil
 }
 
-// resolvePrefix finds the one key of b that starts with prefix (a short
-// id as the CLI prints it). It returns ErrNotFound for none and ErrConflict
-// for more than one.
-func resolvePrefix(b *bolt.Bucket, prefix string) ([]byte, error) {
-	c := b.Cursor()
-	k, _ := c.Seek([]byte(prefix))
-	if k == nil || !bytes.HasPrefix(k, []byte(prefix)) {
-		return nil, ErrNotFound
-	}
-	if next, _ := c.Next(); next != nil && bytes.HasPrefix(next, []byte(prefix)) {
-		return nil, ErrConflict
-	}
-	return bytes.Clone(k), nil
+// AmbiguousError is the error of a short id that names more than one
+// record. It wraps ErrConflict; Matches lets the caller show the
+// candidates, so the user can pick one without listing everything.
+type AmbiguousError struct {
+	// Prefix is the short id as given.
+	Prefix string
+	// Matches are the ids that start with it, in id order, at most
+	// MaxAmbiguousMatches of them.
+	Matches []string
+	// More is true when there are more matches than Matches holds.
+	More bool
 }
 
-// isIDPrefix reports whether ref can be a (short) id: at least 8 characters
-// of lower-case hex and dashes.
-func isIDPrefix(ref string) bool {
-	if len(ref) < 8 || len(ref) > 36 {
-		return false
+// MaxAmbiguousMatches bounds AmbiguousError.Matches.
+const MaxAmbiguousMatches = 10
+
+func (e *AmbiguousError) Error() string {
+	n := fmt.Sprint(len(e.Matches))
+	if e.More {
+		n = "more than " + n
 	}
-	for _, r := range ref {
-		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f' || r == '-') {
-			return false
+	return fmt.Sprintf("%s is the start of %s ids: %s", e.Prefix, n, strings.Join(e.Matches, ", "))
+}
+
+// Unwrap makes errors.Is(err, ErrConflict) hold.
+func (e *AmbiguousError) Unwrap() error { return ErrConflict }
+
+// resolvePrefix finds the one key of b that starts with the short id ref
+// (canonical, see idPrefix). It returns ErrNotFound for none and an
+// *AmbiguousError for more than one.
+func resolvePrefix(b *bolt.Bucket, ref, prefix string) ([]byte, error) {
+	c := b.Cursor()
+	var matches []string
+	for k, _ := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, _ = c.Next() {
+		if len(matches) == MaxAmbiguousMatches {
+			return nil, &AmbiguousError{Prefix: ref, Matches: matches, More: true}
+		}
+		matches = append(matches, string(k))
+	}
+	switch len(matches) {
+	case 0:
+		return nil, ErrNotFound
+	case 1:
+		return []byte(matches[0]), nil
+	}
+	return nil, &AmbiguousError{Prefix: ref, Matches: matches}
+}
+
+// idPrefix turns a short id as users type it — at least 8 hex digits,
+// with or without the dashes of the full form, any case — into the start
+// of an id as stored (lower case, dashed after the 8th, 12th, 16th and
+// 20th digit). ok is false for anything else.
+func idPrefix(ref string) (prefix string, ok bool) {
+	if len(ref) > 36 {
+		return "", false
+	}
+	hex := make([]byte, 0, 32)
+	for i := 0; i < len(ref); i++ {
+		switch c := ref[i]; {
+		case c >= '0' && c <= '9', c >= 'a' && c <= 'f':
+			hex = append(hex, c)
+		case c >= 'A' && c <= 'F':
+			hex = append(hex, c+'a'-'A')
+		case c == '-':
+		default:
+			return "", false
 		}
 	}
-	return true
+	if len(hex) < 8 || len(hex) > 32 {
+		return "", false
+	}
+	out := make([]byte, 0, 36)
+	for i, c := range hex {
+		if i == 8 || i == 12 || i == 16 || i == 20 {
+			out = append(out, '-')
+		}
+		out = append(out, c)
+	}
+	return string(out), true
 }

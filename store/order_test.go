@@ -68,9 +68,57 @@ func TestAgentAndItsSessionShowDifferentShortIDs(t *testing.T) {
 	}
 	_, err := s.ResolveSession(ctx, "abcdef01")
 	require.ErrorIs(t, err, ErrConflict)
+	var amb *AmbiguousError
+	require.ErrorAs(t, err, &amb, "the error names the candidates")
+	assert.Equal(t, &AmbiguousError{Prefix: "abcdef01", Matches: []string{
+		"abcdef01-0000-4000-8000-000000000001", "abcdef01-0000-4000-8000-000000000002"}}, amb)
 	got, err := s.ResolveSession(ctx, "abcdef01-0000-4000-8000-000000000002")
 	require.NoError(t, err)
 	assert.Equal(t, "abcdef01-0000-4000-8000-000000000002", got.ID)
+	// Prefixes as users type them: without dashes, in upper case.
+	for _, ref := range []string{"ABCDEF01-0000-4000-8000-000000000002", "abcdef01000040008000000000000002"} {
+		got, err := s.ResolveSession(ctx, ref)
+		require.NoError(t, err, ref)
+		assert.Equal(t, "abcdef01-0000-4000-8000-000000000002", got.ID, ref)
+	}
+}
+
+func TestAmbiguousPrefixListsABoundedNumberOfCandidates(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := openTest(t)
+	a := mustAgent(t, s, "crowd")
+	for i := range MaxAmbiguousMatches + 2 {
+		_, err := s.CreateSession(ctx, Session{ID: fmt.Sprintf("0badcafe-0000-4000-8000-%012d", i), AgentID: a.ID, Status: "ready"})
+		require.NoError(t, err)
+	}
+	_, err := s.ResolveSession(ctx, "0badcafe")
+	var amb *AmbiguousError
+	require.ErrorAs(t, err, &amb)
+	assert.Len(t, amb.Matches, MaxAmbiguousMatches)
+	assert.True(t, amb.More)
+	assert.Contains(t, err.Error(), "0badcafe is the start of more than 10 ids: 0badcafe-0000-4000-8000-000000000000, ")
+}
+
+func TestIDPrefix(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		ref, want string
+		ok        bool
+	}{
+		{"0f21c021", "0f21c021", true},
+		{"0F21C021A", "0f21c021-a", true},
+		{"0f21c021a3b4c5d6", "0f21c021-a3b4-c5d6", true},
+		{"0f21c021-a3b4-c5d6-e7f8-0123456789ab", "0f21c021-a3b4-c5d6-e7f8-0123456789ab", true},
+		{"0f21c021a3b4c5d6e7f80123456789ab", "0f21c021-a3b4-c5d6-e7f8-0123456789ab", true},
+		{"0f21c02", "", false},
+		{"my-sdk-agent", "", false},
+		{"0f21c021a3b4c5d6e7f80123456789abc", "", false},
+	} {
+		got, ok := idPrefix(c.ref)
+		assert.Equal(t, c.ok, ok, c.ref)
+		assert.Equal(t, c.want, got, c.ref)
+	}
 }
 
 // stepClock returns a clock (for Options.Now) that starts at base and

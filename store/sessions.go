@@ -107,7 +107,8 @@ func (s *Store) GetSession(ctx context.Context, id string) (Session, error) {
 
 // ResolveSession finds a session by id or by a unique id prefix of at least
 // 8 characters (the short id the CLI prints). It returns an error wrapping
-// ErrNotFound, or ErrConflict when a prefix matches several sessions.
+// ErrNotFound, or an *AmbiguousError (which wraps ErrConflict) when a
+// prefix matches several sessions. A prefix may leave out the dashes.
 func (s *Store) ResolveSession(ctx context.Context, ref string) (Session, error) {
 	var sess Session
 	err := s.view(ctx, func(tx *bolt.Tx) error {
@@ -115,10 +116,11 @@ func (s *Store) ResolveSession(ctx context.Context, ref string) (Session, error)
 		if err := getJSON(sessions, []byte(ref), &sess); !errors.Is(err, ErrNotFound) {
 			return err
 		}
-		if !isIDPrefix(ref) {
+		prefix, ok := idPrefix(ref)
+		if !ok {
 			return ErrNotFound
 		}
-		id, err := resolvePrefix(sessions, ref)
+		id, err := resolvePrefix(sessions, ref, prefix)
 		if err != nil {
 			return err
 		}

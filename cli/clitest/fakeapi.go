@@ -110,6 +110,8 @@ type Server struct {
 	sessions  []*session
 	harnesses []api.Harness
 	requests  []string
+
+	nextSessionIDs []string
 }
 
 type session struct {
@@ -185,7 +187,7 @@ func (f *Server) AddAgent(req api.CreateAgentRequest) api.Agent {
 func (f *Server) Session(id string) (api.Session, []api.Message, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	s := f.findSessionLocked(id)
+	s, _ := f.findSessionLocked(id)
 	if s == nil {
 		return api.Session{}, nil, false
 	}
@@ -195,7 +197,25 @@ func (f *Server) Session(id string) (api.Session, []api.Message, bool) {
 // now is truncated to milliseconds like the timestamps of a JSON store.
 func now() time.Time { return time.Now().UTC().Truncate(time.Millisecond) }
 
-func newID() string { return uuid.Must(uuid.NewV7()).String() }
+// newID returns a random id, as lapd's are (UUIDv4).
+func newID() string { return uuid.New().String() }
+
+// NextSessionIDs makes the fake give the next sessions it creates these
+// ids, e.g. to make two sessions share a short id.
+func (f *Server) NextSessionIDs(ids ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.nextSessionIDs = append(f.nextSessionIDs, ids...)
+}
+
+func (f *Server) newSessionIDLocked() string {
+	if len(f.nextSessionIDs) > 0 {
+		id := f.nextSessionIDs[0]
+		f.nextSessionIDs = f.nextSessionIDs[1:]
+		return id
+	}
+	return newID()
+}
 
 func (f *Server) routes() http.Handler {
 	mux := http.NewServeMux()
@@ -439,7 +459,7 @@ func (f *Server) createSession(w http.ResponseWriter, r *http.Request) {
 	t := now()
 	s := &session{
 		s: api.Session{
-			ID: newID(), AgentID: a.ID, AgentName: a.Name, Title: req.Title, Status: api.SessionCreating,
+			ID: f.newSessionIDLocked(), AgentID: a.ID, AgentName: a.Name, Title: req.Title, Status: api.SessionCreating,
 			Phase: "queued", CreatedAt: t, LastActiveAt: t, IdleTimeoutMS: 15 * 60 * 1000,
 		},
 		subs:    map[chan sseMsg]bool{},
@@ -496,18 +516,34 @@ func (f *Server) provisionLocked(s *session) {
 	}()
 }
 
-func (f *Server) findSessionLocked(id string) *session {
-	for _, s := range f.sessions {
-		if s.s.ID == id {
-			return s
+// findSessionLocked finds a session by id or, as lapd does, by a prefix
+// of 8 hex digits or more (dashes optional); matches lists every session
+// the prefix names when it names more than one.
+func (f *Server) findSessionLocked(ref string) (s *session, matches []string) {
+	hex := strings.ToLower(strings.ReplaceAll(ref, "-", ""))
+	for _, x := range f.sessions {
+		switch {
+		case x.s.ID == ref:
+			return x, nil
+		case len(hex) >= 8 && strings.HasPrefix(strings.ReplaceAll(x.s.ID, "-", ""), hex):
+			s = x
+			matches = append(matches, x.s.ID)
 		}
 	}
-	return nil
+	if len(matches) > 1 {
+		slices.Sort(matches)
+		return nil, matches
+	}
+	return s, nil
 }
 
 func (f *Server) sessionOr404(w http.ResponseWriter, r *http.Request) *session {
-	s := f.findSessionLocked(r.PathValue("id"))
-	if s == nil {
+	s, matches := f.findSessionLocked(r.PathValue("id"))
+	switch {
+	case len(matches) > 1:
+		writeError(w, http.StatusConflict, api.CodeConflict, fmt.Sprintf("%s is the start of %d session ids: %s; give more of the id",
+			r.PathValue("id"), len(matches), strings.Join(matches, ", ")))
+	case s == nil:
 		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("session %s not found", r.PathValue("id")))
 	}
 	return s
@@ -836,7 +872,7 @@ func (f *Server) endTurn(s *session, user api.Message, reply *api.Message) api.M
 func (f *Server) Suspend(id string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if s := f.findSessionLocked(id); s != nil {
+	if s, _ := f.findSessionLocked(id); s != nil {
 		f.setStatusLocked(s, api.SessionIdle, "suspended")
 	}
 }

@@ -80,9 +80,9 @@ func ChatSuite(t *testing.T, tg Target) {
 		checkReply(t, tg, 1, msg, reply)
 
 		tm.Send("\x04")
-		// The hint names the session by a prefix of at least its 8 hex
-		// digits, longer if another session shares them.
-		_, hm := tm.WaitLine(0, regexp.MustCompile(`^session `+session+` kept; resume it with: lap resume (`+session+`[0-9a-f]*)$`))
+		// The hint names the session by its 8 hex digits (its full id in
+		// the rare case that another session shares them).
+		_, hm := tm.WaitLine(0, regexp.MustCompile(`^session `+session+` kept; resume it with: lap resume (`+session+`[0-9a-f-]*)$`))
 		resumeID = hm[1]
 		if code := tm.Wait(); code != 0 {
 			t.Fatalf("Ctrl-D: exit code %d, want 0", code)
@@ -101,7 +101,7 @@ func ChatSuite(t *testing.T, tg Target) {
 		reply := waitReply(t, tm, msg)
 		checkReply(t, tg, 2, msg, reply)
 		tm.Send("\x03") // Ctrl-C at an empty prompt leaves too
-		tm.WaitLine(0, regexp.MustCompile(`^session `+session+` kept; resume it with: lap resume `+session+`[0-9a-f]*$`))
+		tm.WaitLine(0, regexp.MustCompile(`^session `+session+` kept; resume it with: lap resume `+session+`[0-9a-f-]*$`))
 		if code := tm.Wait(); code != 0 {
 			t.Fatalf("Ctrl-C at the prompt: exit code %d, want 0", code)
 		}
@@ -183,36 +183,22 @@ func checkReply(t *testing.T, tg Target, turn int, msg string, reply []string) {
 	}
 }
 
-// messages reads a session's log straight from the API. A short id is
-// resolved through the session list.
+// messages reads a session's log straight from the API, which resolves
+// the short id.
 func (tg Target) messages(t *testing.T, short string) []api.Message {
 	t.Helper()
-	var sessions api.List[api.Session]
-	tg.get(t, "/sessions?limit=1000", &sessions)
-	for page := 0; sessions.NextCursor != "" && page < 100; page++ {
-		var next api.List[api.Session]
-		tg.get(t, "/sessions?limit=1000&cursor="+sessions.NextCursor, &next)
-		sessions.Data = append(sessions.Data, next.Data...)
-		sessions.NextCursor = next.NextCursor
-	}
-	for _, s := range sessions.Data {
-		if strings.HasPrefix(strings.ReplaceAll(s.ID, "-", ""), short) {
-			// The log is {data: [...]}; a bare array is accepted too.
-			var raw json.RawMessage
-			tg.get(t, "/sessions/"+s.ID+"/messages", &raw)
-			var msgs api.List[api.Message]
-			if bytes.HasPrefix(bytes.TrimSpace(raw), []byte("[")) {
-				if err := json.Unmarshal(raw, &msgs.Data); err != nil {
-					t.Fatalf("GET messages: %v", err)
-				}
-			} else if err := json.Unmarshal(raw, &msgs); err != nil {
-				t.Fatalf("GET messages: %v", err)
-			}
-			return msgs.Data
+	// The log is {data: [...]}; a bare array is accepted too.
+	var raw json.RawMessage
+	tg.get(t, "/sessions/"+short+"/messages", &raw)
+	var msgs api.List[api.Message]
+	if bytes.HasPrefix(bytes.TrimSpace(raw), []byte("[")) {
+		if err := json.Unmarshal(raw, &msgs.Data); err != nil {
+			t.Fatalf("GET messages: %v", err)
 		}
+	} else if err := json.Unmarshal(raw, &msgs); err != nil {
+		t.Fatalf("GET messages: %v", err)
 	}
-	t.Fatalf("session %s not in GET /sessions", short)
-	return nil
+	return msgs.Data
 }
 
 func (tg Target) get(t *testing.T, path string, out any) {

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"errors"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -51,11 +52,27 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 }
 
 func (m *metrics) request(agent, model string, status int) {
-	m.requests.WithLabelValues(agent, model, statusLabel(status)).Inc()
+	m.requests.WithLabelValues(agent, label(model), statusLabel(status)).Inc()
 }
 
 func (m *metrics) usage(agent, model string, u Usage) {
+	model = label(model)
 	m.inputTokens.WithLabelValues(agent, model).Add(float64(u.InputTokens))
 	m.outputTokens.WithLabelValues(agent, model).Add(float64(u.OutputTokens))
 	m.cost.WithLabelValues(agent, model).Add(u.CostUSD)
+}
+
+// maxLabelBytes bounds a model label: the name comes from a sandbox's
+// request.
+const maxLabelBytes = 128
+
+// label makes a model name, which a sandbox chooses, a valid Prometheus
+// label value: valid UTF-8 (the client library panics on anything else,
+// which in a stream's writer would take lapd down) and bounded in length.
+func label(model string) string {
+	model = strings.ToValidUTF8(model, "\uFFFD")
+	if len(model) > maxLabelBytes {
+		model = strings.ToValidUTF8(model[:maxLabelBytes], "")
+	}
+	return model
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"lap.dev/lap/control/api"
+	"lap.dev/lap/e2e/platform"
 )
 
 // BenchmarkSessionCreate measures, through the built lapd's REST API with
@@ -20,34 +21,34 @@ func BenchmarkSessionCreate(b *testing.B) {
 	const warmSamples, coldSamples = 100, 20
 	var warm, cold []time.Duration
 	for range b.N {
-		p := newPlatform(b, map[string]string{"WARM_POOL_SIZE": "1", "LOCAL_STOP_ON_EXIT": "true"})
-		l := p.start()
-		l.createAgent("bench-warm")
+		p := platform.New(b, map[string]string{"WARM_POOL_SIZE": "1", "LOCAL_STOP_ON_EXIT": "true"})
+		l := p.Start()
+		l.CreateAgent("bench-warm")
 		for range warmSamples {
-			waitFor(b, "a warm sandbox", func() bool { return l.warm("bench-warm") == 1 })
+			platform.WaitFor(b, "a warm sandbox", func() bool { return l.Warm("bench-warm") == 1 })
 			start := time.Now()
-			sess := l.createSession("bench-warm")
+			sess := l.CreateSession("bench-warm")
 			warm = append(warm, time.Since(start))
 			require.Equal(b, api.SessionReady, sess.Status, "a warm claim")
-			status, body := l.do(http.MethodDelete, api.BasePath+"/sessions/"+sess.ID, nil, nil)
+			status, body := l.Do(http.MethodDelete, api.BasePath+"/sessions/"+sess.ID, nil, nil)
 			require.Equal(b, http.StatusNoContent, status, "%s", body)
 		}
 
 		zero := 0
-		status, body := l.do(http.MethodPost, api.BasePath+"/agents", api.CreateAgentRequest{
+		status, body := l.Do(http.MethodPost, api.BasePath+"/agents", api.CreateAgentRequest{
 			Name: "bench-cold", HarnessID: "lap", Model: "test/model", WarmPoolSize: &zero}, nil)
 		require.Equal(b, http.StatusCreated, status, "%s", body)
 		for range coldSamples {
 			start := time.Now()
-			sess := l.createSession("bench-cold")
+			sess := l.CreateSession("bench-cold")
 			require.Equal(b, api.SessionCreating, sess.Status, "no warm pool: a cold start")
-			sess = l.session(sess.ID, "?wait=ready&timeout=120s")
+			sess = l.Session(sess.ID, "?wait=ready&timeout=120s")
 			cold = append(cold, time.Since(start))
 			require.Equal(b, api.SessionReady, sess.Status)
-			status, body := l.do(http.MethodDelete, api.BasePath+"/sessions/"+sess.ID, nil, nil)
+			status, body := l.Do(http.MethodDelete, api.BasePath+"/sessions/"+sess.ID, nil, nil)
 			require.Equal(b, http.StatusNoContent, status, "%s", body)
 		}
-		l.stop()
+		l.Stop()
 	}
 	b.ReportMetric(ms(percentile(warm, 50)), "warm-p50-ms")
 	b.ReportMetric(ms(percentile(warm, 99)), "warm-p99-ms")

@@ -156,7 +156,7 @@ export class Agent {
       parts: [{ id: newId(), sessionID: rec.id, messageID: userID, type: "text", text }],
     };
     const prior = rec.messages.slice();
-    const turn = new Turn(rec.id, newId(), model, (e) => this.bus.publish(e));
+    const turn = new Turn(rec.id, newId(), model, (e) => this.bus.publish(e), Date.now, this.cfg.repoDir);
     rec.messages.push(user, turn.message);
     rec.updated = created;
     // The user's turn is on disk before the SDK runs, so a crash leaves a

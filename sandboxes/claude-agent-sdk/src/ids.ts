@@ -1,4 +1,4 @@
-// UUIDv7 identifiers (the project-wide id format): 48 bits of Unix
+// UUIDv7 identifiers for the harness's own records: 48 bits of Unix
 // milliseconds, then randomness, so ids sort by creation time.
 import { randomBytes } from "node:crypto";
 

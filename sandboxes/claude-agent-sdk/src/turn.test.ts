@@ -133,4 +133,9 @@ test("apiError and toolTitle", () => {
   for (const [text, want] of cases) assert.deepEqual(apiError(text), want, text);
   assert.equal(toolTitle("bash", { command: "a\nb" }), "bash: a");
   assert.equal(toolTitle("todowrite", { todos: [] }), "todowrite");
+  assert.equal(toolTitle("edit", { file_path: "/w/repo/src/a.ts" }, "/w/repo"), "edit: src/a.ts");
+  assert.equal(toolTitle("edit", { file_path: "/w/repo/src/a.ts" }, "/w/repo/"), "edit: src/a.ts");
+  assert.equal(toolTitle("read", { file_path: "/etc/hosts" }, "/w/repo"), "read: /etc/hosts");
+  assert.equal(toolTitle("read", { file_path: "/w/repository/x" }, "/w/repo"), "read: /w/repository/x");
+  assert.equal(toolTitle("bash", { command: "/w/repo/run.sh" }, "/w/repo"), "bash: /w/repo/run.sh");
 });

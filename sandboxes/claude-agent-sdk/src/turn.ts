@@ -82,6 +82,8 @@ export class Turn {
     modelID: string,
     private readonly emit: (e: Event) => void,
     private readonly now: () => number = Date.now,
+    // The repo the agent works in: tool titles show paths relative to it.
+    private readonly cwd = "",
   ) {
     this.message = {
       info: {
@@ -189,7 +191,7 @@ export class Turn {
         if (b?.part.state && b.json) {
           try {
             b.part.state.input = JSON.parse(b.json);
-            b.part.state.title = toolTitle(b.part.tool ?? "", b.part.state.input);
+            b.part.state.title = toolTitle(b.part.tool ?? "", b.part.state.input, this.cwd);
             this.emitPart(b.part);
           } catch {
             // The complete assistant message carries the parsed input.
@@ -218,7 +220,7 @@ export class Turn {
         const part = this.toolPart(b.id, b.name);
         const state = part.state!;
         state.input = b.input ?? {};
-        state.title = toolTitle(part.tool ?? "", state.input);
+        state.title = toolTitle(part.tool ?? "", state.input, this.cwd);
         if (state.status === "pending") state.status = "running";
         this.emitPart(part);
       }
@@ -325,13 +327,21 @@ export function toolName(name: string): string {
   return name.toLowerCase();
 }
 
-/** toolTitle is a one-line summary of a call, e.g. "bash: ls -la". */
-export function toolTitle(tool: string, input: unknown): string {
+/**
+ * toolTitle is a one-line summary of a call, e.g. "bash: ls -la". Claude
+ * Code's tools take absolute paths; one inside cwd (the repo) is shown
+ * relative to it, as the user knows the files ("edit: src/main.go"), so
+ * the sandbox's long workspace path does not push the file's name out.
+ */
+export function toolTitle(tool: string, input: unknown, cwd = ""): string {
   const i = (input ?? {}) as Record<string, unknown>;
-  const arg = [i.command, i.file_path, i.notebook_path, i.path, i.pattern, i.url, i.query, i.description].find(
+  let arg = [i.command, i.file_path, i.notebook_path, i.path, i.pattern, i.url, i.query, i.description].find(
     (v) => typeof v === "string" && v !== "",
   ) as string | undefined;
   if (!arg) return tool;
+  if (cwd && arg !== i.command && arg.startsWith(cwd.replace(/\/+$/, "") + "/")) {
+    arg = arg.slice(cwd.replace(/\/+$/, "").length + 1);
+  }
   const line = arg.split("\n")[0];
   return `${tool}: ${line.length > 100 ? line.slice(0, 99) + "…" : line}`;
 }
