@@ -40,9 +40,10 @@ test: build box
 	$(GO) test -count=1 -v -timeout $(TEST_TIMEOUT) $(BOX_E2E) || rc=$$?; \
 	exit $$rc
 
-## bench: print lap's speed and memory figures
+## bench: run every benchmark and print lap's figures as one table (e2e/benchtable)
+BENCH_COUNT ?= 3
 bench: build box
-	LAP_KUBEAPI_BIN=$(KUBEAPI) $(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./...
+	LAP_KUBEAPI_BIN=$(KUBEAPI) $(GO) run ./e2e/benchtable -count $(BENCH_COUNT)
 
 ## kubeapi: build bin/lap-kubeapi (kube-apiserver + etcd for tests)
 kubeapi: $(KUBEAPI)

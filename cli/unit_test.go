@@ -282,3 +282,18 @@ func TestToolTitle(t *testing.T) {
 		}
 	}
 }
+
+// A resumed session's recap keeps the text parts of a message apart: a
+// turn's tool calls separated them on screen.
+func TestParagraphs(t *testing.T) {
+	t.Parallel()
+	m := api.Message{Parts: []protocol.Part{
+		{Type: protocol.PartText, Text: "Let me read it first."},
+		{Type: protocol.PartTool, Tool: "read"},
+		{Type: protocol.PartText, Text: "  "},
+		{Type: protocol.PartText, Text: "I updated README.md.\n"},
+	}}
+	if got, want := paragraphs(m), "Let me read it first.\n\nI updated README.md."; got != want {
+		t.Errorf("paragraphs = %q, want %q", got, want)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -104,36 +105,46 @@ func BenchmarkGetSession(b *testing.B) {
 // Rounds alternate; the figures are medians over rounds of each round's
 // p50 and p99.
 //
-// turn=instant answers at once, so 100 closed-loop clients saturate the
-// machine and the figure is mostly queueing for CPU and disk; turn=100ms
-// has the harness take 100 ms per turn, as a (fast) model would, so the
-// figure is lapd's added latency at 100 active sessions. store=tmpfs puts
-// the bbolt file where fsync costs nothing, to separate lapd's own cost
-// from the disk's; sessions=1 shows the cost of one turn on an idle lapd.
+// turn=100ms has the harness take 100 ms per turn, as a (fast) model
+// would, so the figure is lapd's added latency at 100 active sessions.
+// With arrivals=spread each session starts at a random moment within the
+// first turn, so messages arrive spread out as independent users send
+// them; with arrivals=burst all 100 start at once and stay in step, so
+// every message arrives in a burst of 100 (their log writes then share
+// large commits). turn=instant answers at once, so 100 closed-loop
+// clients saturate the machine and the figure is mostly queueing for CPU
+// and disk. store=tmpfs puts the bbolt file where fsync costs nothing, to
+// separate lapd's own cost from the disk's; sessions=1 shows the cost of
+// one turn on an idle lapd.
 func BenchmarkMessageRelayOverhead(b *testing.B) {
 	dirs := storeDirs(b)
 	cases := []struct {
-		store, turn, text string
-		sessions          int
+		store, turn, text, arrivals string
+		sessions                    int
+		spread                      time.Duration
 	}{
-		{"disk", "instant", "hello", 100},
-		{"disk", "100ms", "/slow 100ms", 100},
-		{"tmpfs", "100ms", "/slow 100ms", 100},
-		{"disk", "instant", "hello", 1},
+		{"disk", "100ms", "/slow 100ms", "spread", 100, 100 * time.Millisecond},
+		{"disk", "100ms", "/slow 100ms", "burst", 100, 0},
+		{"tmpfs", "100ms", "/slow 100ms", "spread", 100, 100 * time.Millisecond},
+		{"disk", "instant", "hello", "burst", 100, 0},
+		{"disk", "instant", "hello", "burst", 1, 0},
 	}
 	for _, c := range cases {
-		name := fmt.Sprintf("sessions=%d/store=%s/turn=%s", c.sessions, c.store, c.turn)
+		name := fmt.Sprintf("sessions=%d/store=%s/turn=%s/arrivals=%s", c.sessions, c.store, c.turn, c.arrivals)
 		b.Run(name, func(b *testing.B) {
 			dir, ok := dirs[c.store]
 			if !ok {
 				b.Skip("no tmpfs at /dev/shm")
 			}
-			benchRelay(b, filepath.Join(dir, fmt.Sprint(c.sessions, c.turn)), c.text, c.sessions)
+			benchRelay(b, filepath.Join(dir, fmt.Sprint(c.sessions, c.turn, c.arrivals)), c.text, c.sessions, c.spread)
 		})
 	}
 }
 
-func benchRelay(b *testing.B, dir, text string, sessions int) {
+// benchRelay runs the relay benchmark: each session's client starts after
+// a random delay of up to spread, then sends perSession messages one
+// after the other.
+func benchRelay(b *testing.B, dir, text string, sessions int, spread time.Duration) {
 	e := benchEnv(b, dir)
 	e.createAgent("relay", nil)
 	const perSession, rounds = 10, 5
@@ -164,6 +175,9 @@ func benchRelay(b *testing.B, dir, text string, sessions int) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				if spread > 0 {
+					time.Sleep(rand.N(spread))
+				}
 				mine := make([]time.Duration, 0, perSession)
 				for range perSession {
 					var req *http.Request

@@ -10,8 +10,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"lap.dev/lap/sandboxes"
@@ -29,26 +32,48 @@ type target struct {
 
 // harnessClient speaks the harness protocol (ARCHITECTURE §5).
 type harnessClient struct {
-	// hc has pooled connections, for everything but turns. Neither client
-	// has an overall timeout: a turn may run as long as LAP_TURN_TIMEOUT.
+	// hc keeps connections to harnesses open between requests: a new
+	// connection per turn cost each turn a connect, an accept and a close
+	// on both sides (a tenth of lapd's CPU per turn at 100 sessions). It
+	// has no overall timeout: a turn may run as long as LAP_TURN_TIMEOUT.
+	//
+	// A harness that dies while idle closes its connections, and the
+	// transport drops them from the pool; in the moment before it has, a
+	// message may go out on one. Turns are therefore sent with "Expect:
+	// 100-continue": the body — the message — follows only once the
+	// harness asked for it, so a failure before that proves the harness
+	// never had the message (see sendMessage).
 	hc *http.Client
-	// turns sends each message on a new connection. A pooled connection
-	// the harness has closed (it crashed while idle) fails only after the
-	// request was written, which looks just like a crash mid-turn; on a
-	// new connection a dead harness is a refused dial, which proves the
-	// message was not delivered and may safely be sent again.
-	turns *http.Client
+	// fresh sends each turn on a new connection, for harnesses that do
+	// not answer "Expect: 100-continue" (noContinue): on a new connection
+	// a dead harness is a refused dial, the same proof.
+	fresh *http.Client
+	// noContinue holds the hosts that made a turn wait continueTimeout.
+	noContinue sync.Map
 }
+
+// continueTimeout is how long a turn's request waits for the harness's
+// "100 Continue" before sending the body anyway; a harness that makes it
+// wait is sent its later turns on new connections.
+const continueTimeout = time.Second
 
 func newHarnessClient() *harnessClient {
 	pooled := http.DefaultTransport.(*http.Transport).Clone()
 	pooled.MaxIdleConns = 1024
 	pooled.MaxIdleConnsPerHost = 256
 	pooled.IdleConnTimeout = 90 * time.Second
+	pooled.ExpectContinueTimeout = continueTimeout
 	fresh := http.DefaultTransport.(*http.Transport).Clone()
 	fresh.DisableKeepAlives = true
-	return &harnessClient{hc: &http.Client{Transport: pooled}, turns: &http.Client{Transport: fresh}}
+	return &harnessClient{hc: &http.Client{Transport: pooled}, fresh: &http.Client{Transport: fresh}}
 }
+
+// errNotDelivered wraps the failure of a turn's request that the harness
+// never asked the body of: the message did not reach it.
+type errNotDelivered struct{ err error }
+
+func (e errNotDelivered) Error() string { return e.err.Error() }
+func (e errNotDelivered) Unwrap() error { return e.err }
 
 // statusError is a non-2xx answer from a harness.
 type statusError struct {
@@ -72,7 +97,8 @@ func isStatus(err error, status int) bool {
 // bringing the harness back cannot run a turn twice.
 func notSent(err error) bool {
 	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
+	var nd errNotDelivered
+	return errors.As(err, &nd) || errors.As(err, &op) && op.Op == "dial"
 }
 
 func (h *harnessClient) request(ctx context.Context, t target, method, path string, in any) (*http.Request, error) {
@@ -105,6 +131,12 @@ func (h *harnessClient) call(ctx context.Context, hc *http.Client, t target, met
 	if err != nil {
 		return err
 	}
+	return h.do(hc, req, out)
+}
+
+// do sends req and decodes a 2xx JSON answer into out (if not nil).
+func (h *harnessClient) do(hc *http.Client, req *http.Request, out any) error {
+	method, path := req.Method, req.URL.Path
 	resp, err := hc.Do(req)
 	if err != nil {
 		return err
@@ -148,11 +180,55 @@ func (h *harnessClient) getSession(ctx context.Context, t target) (protocol.Sess
 	return info, nil
 }
 
+// sendMessage runs a turn. Its request carries "Expect: 100-continue":
+// when it fails before any of the body was sent (the harness never asked
+// for it), the error is an errNotDelivered (notSent), so the message may
+// be sent again safely.
 func (h *harnessClient) sendMessage(ctx context.Context, t target, req protocol.SendMessageRequest) (protocol.Message, error) {
 	var m protocol.Message
-	err := h.call(ctx, h.turns, t, http.MethodPost, "/session/"+url.PathEscape(t.sessionID)+"/message", req, &m)
+	path := "/session/" + url.PathEscape(t.sessionID) + "/message"
+	host := t.endpoint.URL
+	if _, no := h.noContinue.Load(host); no {
+		return m, h.call(ctx, h.fresh, t, http.MethodPost, path, req, &m)
+	}
+	var asked atomic.Bool
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got100Continue: func() { asked.Store(true) }})
+	hreq, err := h.request(ctx, t, http.MethodPost, path, req)
+	if err != nil {
+		return m, err
+	}
+	hreq.Header.Set("Expect", "100-continue")
+	body, err := io.ReadAll(hreq.Body)
+	if err != nil {
+		return m, err
+	}
+	var sent atomic.Bool
+	hreq.GetBody = func() (io.ReadCloser, error) { return &watchedBody{r: bytes.NewReader(body), read: &sent}, nil }
+	hreq.Body, _ = hreq.GetBody()
+	err = h.do(h.hc, hreq, &m)
+	if sent.Load() && !asked.Load() {
+		h.noContinue.Store(host, true) // it let the body wait for continueTimeout
+	}
+	var se *statusError
+	if err != nil && !sent.Load() && !errors.As(err, &se) && ctx.Err() == nil {
+		err = errNotDelivered{err}
+	}
 	return m, err
 }
+
+// watchedBody is a request body that records whether the transport has
+// read any of it.
+type watchedBody struct {
+	r    *bytes.Reader
+	read *atomic.Bool
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	b.read.Store(true)
+	return b.r.Read(p)
+}
+
+func (b *watchedBody) Close() error { return nil }
 
 func (h *harnessClient) abort(ctx context.Context, t target) error {
 	return h.call(ctx, h.hc, t, http.MethodPost, "/session/"+url.PathEscape(t.sessionID)+"/abort", nil, nil)

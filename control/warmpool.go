@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"lap.dev/lap/control/api"
 	"lap.dev/lap/store"
 )
 
@@ -98,7 +99,8 @@ func (p *warmPool) target(a store.Agent, now time.Time) int {
 }
 
 // run reconciles until ctx ends. Agents used recently before a restart
-// (sessions active or agents changed within the window) count as used.
+// (agents changed, or with a session running, within the window) count
+// as used.
 func (p *warmPool) run(ctx context.Context) {
 	if err := p.loadRecent(ctx); err != nil {
 		p.s.log.Warn("warm pool: find recently used agents", "err", err)
@@ -116,30 +118,42 @@ func (p *warmPool) run(ctx context.Context) {
 	}
 }
 
-// loadRecent seeds the use times from the store.
+// loadRecent seeds the use times from the store: agents changed within
+// the window, and the agents of sessions that are ready or being created
+// (found through the status index). It reads no other session: on a
+// store of many sessions, reading them all cost lapd seconds and the
+// whole file in memory at every start. An agent whose sessions had all
+// gone idle before the restart gets its pool back at its next use.
 func (p *warmPool) loadRecent(ctx context.Context) error {
 	agents, err := p.s.store.AllAgents(ctx)
 	if err != nil {
 		return err
 	}
 	since := time.Now().Add(-p.recent)
+	last := map[string]time.Time{}
 	for _, a := range agents {
-		last := a.UpdatedAt
-		sessions, _, err := p.s.store.ListSessions(ctx, store.SessionFilter{AgentID: a.ID, Page: store.Page{Limit: store.MaxLimit}})
+		last[a.ID] = a.UpdatedAt
+	}
+	for _, status := range []string{api.SessionReady, api.SessionCreating} {
+		ids, err := p.s.store.SessionIDsByStatus(ctx, status)
 		if err != nil {
 			return err
 		}
-		for _, sess := range sessions {
-			if sess.LastActiveAt.After(last) {
-				last = sess.LastActiveAt
+		for _, id := range ids {
+			sess, err := p.s.store.GetSession(ctx, id)
+			if err != nil {
+				continue // deleted meanwhile
+			}
+			if t, ok := last[sess.AgentID]; ok && sess.LastActiveAt.After(t) {
+				last[sess.AgentID] = sess.LastActiveAt
 			}
 		}
-		if last.After(since) {
-			p.mu.Lock()
-			if last.After(p.used[a.ID]) {
-				p.used[a.ID] = last
-			}
-			p.mu.Unlock()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, t := range last {
+		if t.After(since) && t.After(p.used[id]) {
+			p.used[id] = t
 		}
 	}
 	return nil

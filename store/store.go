@@ -206,6 +206,7 @@ func Open(path string, opts Options) (*Store, error) {
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
+	s.releaseMapping()
 	go s.commitLoop()
 	return s, nil
 }

@@ -64,40 +64,6 @@ func script(r fakellm.Request) fakellm.Reply {
 	return fakellm.Text("re: " + text)
 }
 
-// readySessions opens n sessions of agent at once and waits until every
-// one is ready.
-func readySessions(t *testing.T, l *platform.Lapd, agent string, n int) []api.Session {
-	t.Helper()
-	out := make([]api.Session, n)
-	errs := make(chan error, n)
-	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var s api.Session
-			status, body, err := l.Call(context.Background(), http.MethodPost, api.BasePath+"/agents/"+agent+"/session", api.CreateSessionRequest{}, &s)
-			if err == nil && status != http.StatusCreated {
-				err = fmt.Errorf("create session: %d %s", status, body)
-			}
-			if err == nil && s.Status != api.SessionReady {
-				status, body, err = l.Call(context.Background(), http.MethodGet, api.BasePath+"/sessions/"+s.ID+"?wait=ready&timeout=120s", nil, &s)
-				if err == nil && (status != http.StatusOK || s.Status != api.SessionReady) {
-					err = fmt.Errorf("session %s not ready: %d %s", s.ID, status, body)
-				}
-			}
-			out[i] = s
-			errs <- err
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
-	return out
-}
-
 // TestLapdKilledDuringStreamingTurns SIGKILLs lapd while 50 sessions
 // stream a turn each: half have been answered (their clients saw `done`),
 // half are running a long tool. After a restart every answered turn is in
@@ -112,7 +78,7 @@ func TestLapdKilledDuringStreamingTurns(t *testing.T) {
 	p.LLM.Respond(script)
 	l := p.Start()
 	l.CreateAgent("survivor")
-	ss := readySessions(t, l, "survivor", sessions)
+	ss := l.ReadySessions("survivor", sessions)
 
 	text := func(i int) string {
 		if i%2 == 0 {
@@ -297,7 +263,7 @@ func TestUpstreamFailures(t *testing.T) {
 		// gateway cuts it off after LAP_LLM_TIMEOUT.
 		{"hang", "APIError", 0, "did not answer within 2s (LAP_LLM_TIMEOUT)"},
 	}
-	ss := readySessions(t, l, "unlucky", len(cases))
+	ss := l.ReadySessions("unlucky", len(cases))
 	var wg sync.WaitGroup
 	for i, c := range cases {
 		wg.Add(1)

@@ -598,3 +598,55 @@ func (s *Stream) Finish() Outcome {
 		}
 	}
 }
+
+// Harness returns the URL and bearer token of the harness of sandbox id,
+// from the local backend's record, to call it directly (as lapd does).
+func (p *Platform) Harness(sandboxID string) (url, token string) {
+	p.T.Helper()
+	var rec struct {
+		Port int               `json:"port"`
+		Env  map[string]string `json:"env"`
+	}
+	b, err := os.ReadFile(filepath.Join(p.DataDir(), "sandboxes", sandboxID, "sandbox.json"))
+	require.NoError(p.T, err)
+	require.NoError(p.T, json.Unmarshal(b, &rec))
+	require.NotZero(p.T, rec.Port, "sandbox %s runs no harness", sandboxID)
+	return fmt.Sprintf("http://127.0.0.1:%d", rec.Port), rec.Env["HARNESS_AUTH_TOKEN"]
+}
+
+// ReadySessions opens n sessions of agent at once (at most 32 requests in
+// flight) and waits until every one is ready.
+func (l *Lapd) ReadySessions(agent string, n int) []api.Session {
+	l.t.Helper()
+	out := make([]api.Session, n)
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			var s api.Session
+			status, body, err := l.Call(context.Background(), http.MethodPost, api.BasePath+"/agents/"+agent+"/session", api.CreateSessionRequest{}, &s)
+			if err == nil && status != http.StatusCreated {
+				err = fmt.Errorf("create session: %d %s", status, body)
+			}
+			if err == nil && s.Status != api.SessionReady {
+				status, body, err = l.Call(context.Background(), http.MethodGet, api.BasePath+"/sessions/"+s.ID+"?wait=ready&timeout=300s", nil, &s)
+				if err == nil && (status != http.StatusOK || s.Status != api.SessionReady) {
+					err = fmt.Errorf("session %s not ready: %d %s", s.ID, status, body)
+				}
+			}
+			out[i] = s
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(l.t, err)
+	}
+	return out
+}

@@ -333,7 +333,9 @@ func TestClaudeAgentSDKCrashMidTurn(t *testing.T) {
 		if len(r.Tools) == 0 {
 			return fakellm.Text("ok")
 		}
-		prompt, step := turn(r, slowPrompt, askPrompt)
+		// The ask comes first: when a crash lost the SDK's transcript, the
+		// harness puts the earlier turns, the slow prompt too, in front of it.
+		prompt, step := turn(r, askPrompt, slowPrompt)
 		switch {
 		case prompt == slowPrompt && step == 0:
 			return fakellm.CallTool("Bash", map[string]any{"command": "echo started > slow.txt && sleep 120 && echo finished >> slow.txt", "description": "Run the slow job"})

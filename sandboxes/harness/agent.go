@@ -104,7 +104,7 @@ func (s *Server) startTurn(sess *session, req protocol.SendMessageRequest) (*tur
 	sess.mu.Unlock()
 	s.turns.Add(1)
 
-	s.saveOrLog(sess)
+	s.saveInTurn(sess)
 	s.emit(protocol.EventMessageUpdated, protocol.EventProperties{SessionID: sess.id, Info: &info})
 	s.log.Info("turn started", "session", sess.id, "message", info.ID, "model", model)
 	go s.runTurn(t)
@@ -145,8 +145,15 @@ func (s *Server) systemPrompt(sessSystem, msgSystem string) string {
 	return strings.Join(parts, "\n\n")
 }
 
-func (s *Server) saveOrLog(sess *session) {
-	if err := s.save(sess); err != nil {
+func (s *Server) saveOrLog(sess *session) { s.saveOrLogAs(sess, true) }
+
+// saveInTurn saves the transcript in the middle of a turn, without fsync
+// (see saveAs): a turn used to fsync its transcript and directory at its
+// start and after every step, three times for a one-step turn.
+func (s *Server) saveInTurn(sess *session) { s.saveOrLogAs(sess, false) }
+
+func (s *Server) saveOrLogAs(sess *session, durable bool) {
+	if err := s.saveAs(sess, durable); err != nil {
 		s.log.Error("persist session", "session", sess.id, "err", err)
 	}
 }
@@ -212,7 +219,7 @@ func (s *Server) loop(t *turn) *protocol.MessageError {
 		sess.t.Messages[t.msgIdx].Info.Tokens = t.tokens
 		sess.t.LLM = append(sess.t.LLM, llmMessage{Role: "assistant", Content: res.text, ToolCalls: res.calls})
 		sess.mu.Unlock()
-		s.saveOrLog(sess)
+		s.saveInTurn(sess)
 		if len(res.calls) == 0 {
 			return nil
 		}
@@ -237,7 +244,7 @@ func (s *Server) loop(t *turn) *protocol.MessageError {
 			sess.mu.Lock()
 			sess.t.LLM = append(sess.t.LLM, llmMessage{Role: "tool", ToolCallID: call.ID, Content: r.forModel()})
 			sess.mu.Unlock()
-			s.saveOrLog(sess)
+			s.saveInTurn(sess)
 		}
 	}
 	return &protocol.MessageError{Name: "HarnessError", Message: fmt.Sprintf(
@@ -264,7 +271,7 @@ func (s *Server) failStep(t *turn, text string, toolIdx map[int]int, ctx context
 		t.sess.t.LLM = append(t.sess.t.LLM, llmMessage{Role: "assistant", Content: text})
 		t.sess.mu.Unlock()
 	}
-	s.saveOrLog(t.sess)
+	s.saveInTurn(t.sess)
 }
 
 // appendText adds delta to the step's text part (creating it at idx -1)

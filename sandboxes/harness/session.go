@@ -177,7 +177,15 @@ func (s *Server) removeSession(ctx context.Context, sess *session) error {
 // save writes the session's transcript atomically: a temporary file in the
 // same directory, synced, then renamed over the old one, so a crash leaves
 // either the previous or the new transcript, never a torn one.
-func (s *Server) save(sess *session) error {
+func (s *Server) save(sess *session) error { return s.saveAs(sess, true) }
+
+// saveAs writes the session's transcript, fsynced (with its directory)
+// when durable. Saves within a turn need not be: the process dying mid-
+// turn keeps what was written (the page cache survives it), and a
+// machine crash mid-turn fails the turn whatever the file holds — the
+// control plane records it failed and the transcript is repaired at
+// load. The save that ends a turn is durable.
+func (s *Server) saveAs(sess *session, durable bool) error {
 	sess.saveMu.Lock()
 	defer sess.saveMu.Unlock()
 	sess.mu.Lock()
@@ -190,20 +198,20 @@ func (s *Server) save(sess *session) error {
 	if err != nil {
 		return fmt.Errorf("encode session %s: %w", sess.id, err)
 	}
-	if err := writeFileAtomic(sess.path, b); err != nil {
+	if err := writeFileAtomic(sess.path, b, durable); err != nil {
 		return fmt.Errorf("save session %s: %w", sess.id, err)
 	}
 	return nil
 }
 
-func writeFileAtomic(path string, b []byte) error {
+func writeFileAtomic(path string, b []byte, durable bool) error {
 	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
 	_, err = f.Write(b)
-	if err == nil {
+	if err == nil && durable {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -215,6 +223,9 @@ func writeFileAtomic(path string, b []byte) error {
 	if err != nil {
 		_ = os.Remove(tmp)
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	// Make the rename itself durable.
 	if d, err := os.Open(filepath.Dir(path)); err == nil {

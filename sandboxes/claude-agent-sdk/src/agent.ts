@@ -169,7 +169,10 @@ export class Agent {
     try {
       await abortable(this.workspace.done, abort.signal);
       const resume = await this.hasTranscript(rec.sdkSessionId, this.cfg.repoDir);
-      const prompt = rec.seedHistory && !resume ? historyPrompt(prior, text) : text;
+      // Without a transcript the SDK knows nothing of this session: history
+      // given at creation, or turns whose transcript a crash lost before the
+      // SDK wrote it, go in front of the message.
+      const prompt = !resume && prior.length > 0 ? historyPrompt(prior, text) : text;
       const system = [this.cfg.agentPrompt, rec.system, req.system].filter((s) => s && s.trim()).join("\n\n");
       const options: Options = {
         abortController: abort,

@@ -1,0 +1,115 @@
+package control
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"lap.dev/lap/sandboxes"
+	"lap.dev/lap/sandboxes/protocol"
+)
+
+// A harness whose server never answers "Expect: 100-continue" still gets
+// its turns: the first after continueTimeout, the later ones on new
+// connections without the wait.
+func TestHarnessWithoutContinueGetsItsTurns(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	var expects atomic.Int32
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				br := bufio.NewReader(conn)
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				if req.Header.Get("Expect") != "" {
+					expects.Add(1)
+				}
+				// A bare HTTP/1.1 server: it reads the body without
+				// sending "100 Continue" first.
+				if _, err := io.Copy(io.Discard, io.LimitReader(br, req.ContentLength)); err != nil {
+					return
+				}
+				body := `{"info":{"id":"m1","role":"assistant","time":{"created":1}},"parts":[{"type":"text","text":"ok"}]}`
+				fmt.Fprintf(conn, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+			}()
+		}
+	}()
+	h := newHarnessClient()
+	tgt := target{endpoint: sandboxes.Endpoint{URL: "http://" + ln.Addr().String()}, sessionID: "s1"}
+	for i := range 3 {
+		m, err := h.sendMessage(context.Background(), tgt, protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "hi"}}})
+		require.NoError(t, err, "turn %d", i)
+		assert.Equal(t, "ok", strings.TrimSpace(m.Text()))
+	}
+	assert.EqualValues(t, 1, expects.Load(), "only the first turn waited for a 100 Continue")
+}
+
+// A turn sent on a pooled connection that the harness had already closed
+// (it died while idle) fails as not delivered: lapd may send it again.
+func TestTurnOnAConnectionTheHarnessClosedIsNotDelivered(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		// Read the headers, then go away without asking for the body.
+		_, _ = http.ReadRequest(bufio.NewReader(conn))
+		conn.Close()
+	}()
+	h := newHarnessClient()
+	tgt := target{endpoint: sandboxes.Endpoint{URL: "http://" + ln.Addr().String()}, sessionID: "s1"}
+	_, err = h.sendMessage(context.Background(), tgt, protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "hi"}}})
+	require.Error(t, err)
+	assert.True(t, notSent(err), "%v", err)
+}
+
+// A harness that took the message and then died mid-turn may have run
+// it: the failure is not "not delivered", so the turn is not sent again.
+func TestTurnTheHarnessTookThenDiedIsNotResent(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		br := bufio.NewReader(conn)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		fmt.Fprint(conn, "HTTP/1.1 100 Continue\r\n\r\n")
+		_, _ = io.Copy(io.Discard, io.LimitReader(br, req.ContentLength))
+	}()
+	h := newHarnessClient()
+	tgt := target{endpoint: sandboxes.Endpoint{URL: "http://" + ln.Addr().String()}, sessionID: "s1"}
+	_, err = h.sendMessage(context.Background(), tgt, protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "hi"}}})
+	require.Error(t, err)
+	assert.False(t, notSent(err), "%v", err)
+}
