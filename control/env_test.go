@@ -53,6 +53,9 @@ type envOptions struct {
 	groups    []RouteGroup
 	// noCleanup leaves shutdown to the test.
 	noCleanup bool
+	// warmTick, when set, is the warm pool's reconcile period; an hour
+	// makes a test see only the reconciles that are asked for.
+	warmTick time.Duration
 }
 
 func newEnv(t testing.TB, opts envOptions) *env {
@@ -87,6 +90,9 @@ func startEnv(t testing.TB, dir string, opts envOptions) *env {
 	srv, err := New(Options{Config: cfg, Store: st, Backend: backend, Secrets: box, Tokens: tokens, Groups: opts.groups})
 	require.NoError(t, err)
 	srv.pingInterval = 50 * time.Millisecond
+	if opts.warmTick > 0 {
+		srv.pool.tick = opts.warmTick
+	}
 	require.NoError(t, srv.Start(context.Background()))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

@@ -37,10 +37,13 @@ type warmPool struct {
 }
 
 // poolBackoff spaces retries for an agent whose warm provisions fail, so a
-// broken harness does not make the manager provision in a loop.
+// broken harness does not make the manager provision in a loop. It holds
+// for the generation that failed only: an update (say, the repo URL that
+// could not be cloned, fixed) is provisioned at once.
 type poolBackoff struct {
-	until    time.Time
-	failures int
+	generation int64
+	until      time.Time
+	failures   int
 }
 
 const (
@@ -232,9 +235,10 @@ func (p *warmPool) retire(ctx context.Context, sb store.Sandbox, reason string) 
 var errNotWarm = errors.New("sandbox is no longer warm")
 
 // fill starts up to missing warm provisions for a, counting those already
-// in flight, unless a is backing off after failures. p.mu is held.
+// in flight, unless a's generation is backing off after failures. p.mu is
+// held.
 func (p *warmPool) fill(ctx context.Context, a store.Agent, missing int) {
-	if time.Now().Before(p.backoff[a.ID].until) {
+	if b := p.backoff[a.ID]; b.generation == a.Generation && time.Now().Before(b.until) {
 		return
 	}
 	for n := missing - p.running[a.ID]; n > 0; n-- {
@@ -244,6 +248,10 @@ func (p *warmPool) fill(ctx context.Context, a store.Agent, missing int) {
 }
 
 // provision adds one warm sandbox to a's pool, waiting for a free slot.
+// When it ends, the pool is reconciled again: the agent may have changed
+// or gone meanwhile, or this provision failed. The reconcile is asked for
+// only once this provision no longer counts as in flight, or it would
+// count it and start none in its place.
 func (p *warmPool) provision(ctx context.Context, a store.Agent) {
 	defer func() {
 		p.mu.Lock()
@@ -252,6 +260,7 @@ func (p *warmPool) provision(ctx context.Context, a store.Agent) {
 			delete(p.running, a.ID)
 		}
 		p.mu.Unlock()
+		p.kick()
 	}()
 	select {
 	case p.slots <- struct{}{}:
@@ -262,31 +271,35 @@ func (p *warmPool) provision(ctx context.Context, a store.Agent) {
 	// The agent may have changed or gone while this waited for a slot.
 	cur, err := p.s.store.GetAgent(ctx, a.ID)
 	if err != nil || cur.Generation != a.Generation {
-		p.kick()
 		return
 	}
-	sb, err := p.s.provisionWarm(ctx, cur)
-	p.mu.Lock()
-	if err != nil {
-		b := p.backoff[a.ID]
-		b.failures++
-		b.until = time.Now().Add(min(time.Second<<min(b.failures, 16), warmMaxBackoff))
-		p.backoff[a.ID] = b
-	} else {
-		delete(p.backoff, a.ID)
-	}
-	p.mu.Unlock()
+	_, err = p.s.provisionWarm(ctx, cur)
 	if err != nil {
 		if ctx.Err() == nil {
 			p.s.log.Warn("warm pool: provision", "agent", a.Name, "err", err)
 		}
+		p.mu.Lock()
+		b := p.backoff[a.ID]
+		if b.generation != a.Generation {
+			b = poolBackoff{generation: a.Generation}
+		}
+		b.failures++
+		wait := min(time.Second<<min(b.failures, 16), warmMaxBackoff)
+		b.until = time.Now().Add(wait)
+		p.backoff[a.ID] = b
+		p.mu.Unlock()
+		// Retry when the backoff ends, not at the first tick after it.
+		// (The agent may have changed meanwhile: the backoff holds only
+		// for the generation that failed, and the reconcile as this
+		// returns provisions the new one.)
+		time.AfterFunc(wait, p.kick)
 		return
 	}
-	// Deleted or changed while provisioning: the next reconcile retires
-	// it (its agent or generation no longer matches).
-	if cur, err := p.s.store.GetAgent(ctx, a.ID); errors.Is(err, store.ErrNotFound) || (err == nil && cur.Generation != sb.Generation) {
-		p.kick()
-	}
+	p.mu.Lock()
+	delete(p.backoff, a.ID)
+	p.mu.Unlock()
+	// Deleted or changed while provisioning: the reconcile as this
+	// returns retires sb (its agent or generation no longer matches).
 }
 
 // forget drops a deleted agent's bookkeeping.

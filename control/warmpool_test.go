@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -170,4 +171,65 @@ func TestWarmPoolBacksOffAfterFailures(t *testing.T) {
 		e.srv.pool.reconcile(context.Background())
 	}
 	assert.Equal(t, int32(1), calls.Load(), "no retry before the backoff ends")
+}
+
+// A failed warm provision holds back only its own generation: an agent
+// updated while it failed, or after, gets a warm sandbox of the new
+// generation at once (its failure, say a repo that could not be cloned,
+// may be what the update fixed) — not at the pool's next tick, which these
+// tests never reach.
+func TestWarmPoolProvisionsANewGenerationAtOnceAfterAFailure(t *testing.T) {
+	t.Parallel()
+	for _, updatedDuring := range []bool{true, false} {
+		t.Run(map[bool]string{true: "updated during the failing provision", false: "updated after it"}[updatedDuring], func(t *testing.T) {
+			t.Parallel()
+			entered, updated, failed := make(chan struct{}), make(chan struct{}), make(chan struct{})
+			var once, failOnce sync.Once
+			hook := func(ctx context.Context, spec sandboxes.Spec) error {
+				if spec.Agent.Generation > 1 {
+					return nil
+				}
+				once.Do(func() { close(entered) })
+				if updatedDuring {
+					<-updated
+				}
+				failOnce.Do(func() { close(failed) })
+				return assert.AnError
+			}
+			e := newEnv(t, envOptions{settings: map[string]string{"WARM_POOL_SIZE": "1"}, backend: sandboxestest.Options{BeforeProvision: hook}, warmTick: time.Hour})
+			a := e.createAgent("fixed", nil)
+			<-entered
+			if !updatedDuring {
+				<-failed
+				waitFor(t, "the failed provision to end", func() bool {
+					e.srv.pool.mu.Lock()
+					defer e.srv.pool.mu.Unlock()
+					return e.srv.pool.running[a.ID] == 0
+				})
+			}
+			require.Equal(t, http.StatusOK, e.do(http.MethodPatch, "/agents/fixed", map[string]any{"prompt": "fixed"}, nil))
+			if updatedDuring {
+				close(updated)
+			}
+			warm := e.waitWarm(a.ID, 1)
+			assert.Equal(t, int64(2), warm[0].Generation)
+		})
+	}
+}
+
+// After a failure the pool retries when the backoff ends, not at its next
+// tick.
+func TestWarmPoolRetriesWhenTheBackoffEnds(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int32
+	hook := func(ctx context.Context, spec sandboxes.Spec) error {
+		if calls.Add(1) == 1 {
+			return assert.AnError
+		}
+		return nil
+	}
+	e := newEnv(t, envOptions{settings: map[string]string{"WARM_POOL_SIZE": "1"}, backend: sandboxestest.Options{BeforeProvision: hook}, warmTick: time.Hour})
+	a := e.createAgent("flaky", nil)
+	e.waitWarm(a.ID, 1)
+	assert.Equal(t, int32(2), calls.Load())
 }

@@ -114,7 +114,7 @@ func (g *Gateway) handleCompletion(d *dialect) fiber.Handler {
 			c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 				defer cancel()
 				defer resp.Body.Close()
-				err := relayEvents(w, resp.Body, insp.event)
+				err := relayEvents(w, resp.Body, insp.event, g.keepAlive)
 				switch {
 				case errors.Is(err, errClientGone):
 					cancel() // stop the upstream generating for nobody

@@ -100,6 +100,11 @@ type Options struct {
 	// Timeout bounds one upstream call, streamed answers included
 	// (LAP_LLM_TIMEOUT); 0 means 10 minutes.
 	Timeout time.Duration
+	// KeepAlive is how long a relayed stream may be silent before the
+	// gateway writes an SSE comment to its client, which is how it learns
+	// that the client has gone and cancels the upstream call; 0 means
+	// DefaultKeepAlive.
+	KeepAlive time.Duration
 
 	Tokens    TokenVerifier
 	Sandboxes SandboxLookup
@@ -122,6 +127,7 @@ type Gateway struct {
 	upstream  string // base URL without /v1; "" = none
 	key       string
 	timeout   time.Duration
+	keepAlive time.Duration
 	tokens    TokenVerifier
 	sandboxes SandboxLookup
 	usage     UsageRecorder
@@ -148,6 +154,7 @@ func New(opts Options) (*Gateway, error) {
 		upstream:  upstreamBase(opts.UpstreamBase),
 		key:       opts.UpstreamKey,
 		timeout:   opts.Timeout,
+		keepAlive: opts.KeepAlive,
 		tokens:    opts.Tokens,
 		sandboxes: opts.Sandboxes,
 		usage:     opts.Usage,
@@ -160,6 +167,9 @@ func New(opts Options) (*Gateway, error) {
 	}
 	if g.timeout <= 0 {
 		g.timeout = 10 * time.Minute
+	}
+	if g.keepAlive <= 0 {
+		g.keepAlive = DefaultKeepAlive
 	}
 	if g.prices == nil {
 		g.prices = DefaultPrices()
@@ -174,6 +184,14 @@ func New(opts Options) (*Gateway, error) {
 	g.client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	return g, nil
 }
+
+// DefaultKeepAlive is Options.KeepAlive's default. A gone client is
+// noticed at the third comment at most (the first write after the close
+// still succeeds, and fasthttp writes a stream through a pipe that learns
+// of the failure one write later), so a stalled upstream call whose
+// client has gone is cancelled within seconds; a comment of 14 bytes every
+// 2 s of silence costs nothing.
+const DefaultKeepAlive = 2 * time.Second
 
 // defaultTransport keeps enough idle connections to the one upstream host
 // for every sandbox's concurrent calls, so calls do not pay a new TCP and

@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -41,17 +44,21 @@ func TestRelayEvents(t *testing.T) {
 		{"empty", "", "", "", 0},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			var out flushCounter
-			w := bufio.NewWriterSize(&out, 1<<20) // only flushes reach out
-			err := relayEvents(w, iotest.OneByteReader(strings.NewReader(tt.in)), func(ev []byte) bool {
-				return tt.drop == "" || !bytes.Contains(ev, []byte(tt.drop))
+		// Without keep-alives, and with the upstream read on its own
+		// goroutine (a keep-alive too long to fire here).
+		for _, keepAlive := range []time.Duration{0, time.Hour} {
+			t.Run(fmt.Sprintf("%s/keepAlive=%s", tt.name, keepAlive), func(t *testing.T) {
+				t.Parallel()
+				var out flushCounter
+				w := bufio.NewWriterSize(&out, 1<<20) // only flushes reach out
+				err := relayEvents(w, iotest.OneByteReader(strings.NewReader(tt.in)), func(ev []byte) bool {
+					return tt.drop == "" || !bytes.Contains(ev, []byte(tt.drop))
+				}, keepAlive)
+				require.NoError(t, err)
+				assert.Equal(t, tt.want, out.String())
+				assert.Equal(t, tt.wantEvents, out.writes, "one flush per forwarded event")
 			})
-			require.NoError(t, err)
-			assert.Equal(t, tt.want, out.String())
-			assert.Equal(t, tt.wantEvents, out.writes, "one flush per forwarded event")
-		})
+		}
 	}
 }
 
@@ -61,15 +68,108 @@ func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("broken p
 
 func TestRelayEventsErrors(t *testing.T) {
 	t.Parallel()
-	err := relayEvents(bufio.NewWriter(failingWriter{}), strings.NewReader("data: a\n\n"), func([]byte) bool { return true })
-	assert.ErrorIs(t, err, errClientGone)
+	for _, keepAlive := range []time.Duration{0, time.Hour} {
+		err := relayEvents(bufio.NewWriter(failingWriter{}), strings.NewReader("data: a\n\n"), func([]byte) bool { return true }, keepAlive)
+		assert.ErrorIs(t, err, errClientGone)
 
-	var out bytes.Buffer
-	upstreamErr := errors.New("connection reset")
-	err = relayEvents(bufio.NewWriter(&out), io.MultiReader(strings.NewReader("data: a\n\n"), iotest.ErrReader(upstreamErr)),
-		func([]byte) bool { return true })
-	assert.ErrorIs(t, err, upstreamErr)
-	assert.Equal(t, "data: a\n\n", out.String(), "events before the break are relayed")
+		var out bytes.Buffer
+		upstreamErr := errors.New("connection reset")
+		err = relayEvents(bufio.NewWriter(&out), io.MultiReader(strings.NewReader("data: a\n\n"), iotest.ErrReader(upstreamErr)),
+			func([]byte) bool { return true }, keepAlive)
+		assert.ErrorIs(t, err, upstreamErr)
+		assert.Equal(t, "data: a\n\n", out.String(), "events before the break are relayed")
+	}
+}
+
+// notifyingWriter records what reaches the client and reports each write.
+type notifyingWriter struct {
+	mu     sync.Mutex
+	b      bytes.Buffer
+	fail   bool // writes fail: the client has gone
+	writes chan string
+}
+
+func (n *notifyingWriter) Write(p []byte) (int, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.fail {
+		return 0, errors.New("broken pipe")
+	}
+	n.b.Write(p)
+	select {
+	case n.writes <- string(p):
+	default:
+	}
+	return len(p), nil
+}
+
+func (n *notifyingWriter) gone() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.fail = true
+}
+
+// waitWrite waits for a write equal to want.
+func (n *notifyingWriter) waitWrite(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.After(time.Minute)
+	for {
+		select {
+		case got := <-n.writes:
+			if got == want {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no write of %q reached the client", want)
+		}
+	}
+}
+
+// TestRelayEventsKeepAlive: while the upstream is silent the client gets
+// comments, and the events around them unchanged.
+func TestRelayEventsKeepAlive(t *testing.T) {
+	t.Parallel()
+	up, upw := io.Pipe()
+	out := &notifyingWriter{writes: make(chan string, 64)}
+	done := make(chan error, 1)
+	go func() {
+		done <- relayEvents(bufio.NewWriter(out), up, func([]byte) bool { return true }, 5*time.Millisecond)
+	}()
+	_, err := io.WriteString(upw, "data: a\n\n")
+	require.NoError(t, err)
+	out.waitWrite(t, "data: a\n\n")
+	out.waitWrite(t, keepAliveComment)
+	_, err = io.WriteString(upw, "data: b\n\n")
+	require.NoError(t, err)
+	require.NoError(t, upw.Close())
+	require.NoError(t, <-done)
+	got := out.b.String()
+	assert.True(t, strings.HasPrefix(got, "data: a\n\n"+keepAliveComment), "%q", got)
+	assert.True(t, strings.HasSuffix(got, keepAliveComment+"data: b\n\n"), "%q", got)
+	assert.Equal(t, "data: a\n\ndata: b\n\n", strings.ReplaceAll(got, keepAliveComment, ""), "only comments are added")
+}
+
+// TestRelayEventsNoticesAGoneClientWhileTheUpstreamIsSilent: the relay
+// ends with errClientGone though the upstream sends nothing more.
+func TestRelayEventsNoticesAGoneClientWhileTheUpstreamIsSilent(t *testing.T) {
+	t.Parallel()
+	up, upw := io.Pipe()
+	defer upw.Close()
+	out := &notifyingWriter{writes: make(chan string, 64)}
+	done := make(chan error, 1)
+	go func() {
+		done <- relayEvents(bufio.NewWriter(out), up, func([]byte) bool { return true }, 5*time.Millisecond)
+	}()
+	_, err := io.WriteString(upw, "data: a\n\n")
+	require.NoError(t, err)
+	out.waitWrite(t, "data: a\n\n")
+	out.gone()
+	select {
+	case err := <-done:
+		assert.ErrorIs(t, err, errClientGone)
+	case <-time.After(time.Minute):
+		t.Fatal("the relay did not notice that the client had gone")
+	}
 }
 
 func TestEventFields(t *testing.T) {

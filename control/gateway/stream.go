@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"time"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/tidwall/gjson"
@@ -14,15 +15,23 @@ import (
 // errClientGone reports that the client stopped reading the stream.
 var errClientGone = errors.New("client went away")
 
+// keepAliveComment is what relayEvents writes to a client while the
+// upstream is silent: an SSE comment, which every SSE parser skips.
+const keepAliveComment = ": keep-alive\n\n"
+
 // relayEvents copies server-sent events from r to w one event at a time,
-// flushing after each so the client sees it at once; keep deciding which
+// flushing after each so the client sees it at once; keep decides which
 // to forward. It returns errClientGone if writing to the client fails, or
 // the error that ended reading r (nil at a clean EOF).
-func relayEvents(w *bufio.Writer, r io.Reader, keep func(ev []byte) bool) error {
-	br := bufio.NewReaderSize(r, 32<<10)
-	var ev []byte
-	emit := func() error {
-		defer func() { ev = ev[:0] }()
+//
+// Writing is the only way to learn that a client has gone (fasthttp does
+// not report a closed connection), so with keepAlive > 0 a comment is
+// written whenever the upstream has been silent that long: the write
+// fails once the client's end is closed, and the caller cancels an
+// upstream call that would otherwise run on for nobody until
+// LAP_LLM_TIMEOUT — holding a connection, and lapd's shutdown, with it.
+func relayEvents(w *bufio.Writer, r io.Reader, keep func(ev []byte) bool, keepAlive time.Duration) error {
+	forward := func(ev []byte) error {
 		if !keep(ev) {
 			return nil
 		}
@@ -34,6 +43,64 @@ func relayEvents(w *bufio.Writer, r io.Reader, keep func(ev []byte) bool) error 
 		}
 		return nil
 	}
+	if keepAlive <= 0 {
+		return splitEvents(r, forward)
+	}
+
+	// The upstream is read on its own goroutine so that its silence can
+	// be timed; events are handed over one by one, in order.
+	type read struct {
+		ev   []byte
+		err  error
+		done bool
+	}
+	reads := make(chan read, 16)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		err := splitEvents(r, func(ev []byte) error {
+			select {
+			case reads <- read{ev: bytes.Clone(ev)}:
+				return nil
+			case <-stop:
+				return errClientGone
+			}
+		})
+		select {
+		case reads <- read{err: err, done: true}:
+		case <-stop:
+		}
+	}()
+	timer := time.NewTimer(keepAlive)
+	defer timer.Stop()
+	for {
+		select {
+		case rd := <-reads:
+			if rd.done {
+				return rd.err
+			}
+			if err := forward(rd.ev); err != nil {
+				return err
+			}
+		case <-timer.C:
+			if _, err := w.WriteString(keepAliveComment); err != nil {
+				return errClientGone
+			}
+			if err := w.Flush(); err != nil {
+				return errClientGone
+			}
+		}
+		timer.Reset(keepAlive)
+	}
+}
+
+// splitEvents reads server-sent events from r and calls emit with each,
+// its bytes valid only during the call; a last event without its blank
+// line is emitted at the end. It returns emit's first error, or the error
+// that ended reading r (nil at a clean EOF).
+func splitEvents(r io.Reader, emit func(ev []byte) error) error {
+	br := bufio.NewReaderSize(r, 32<<10)
+	var ev []byte
 	for {
 		line, err := br.ReadSlice('\n')
 		ev = append(ev, line...)
@@ -42,7 +109,7 @@ func relayEvents(w *bufio.Writer, r io.Reader, keep func(ev []byte) bool) error 
 		}
 		if err != nil {
 			if len(ev) > 0 {
-				if werr := emit(); werr != nil {
+				if werr := emit(ev); werr != nil {
 					return werr
 				}
 			}
@@ -52,9 +119,10 @@ func relayEvents(w *bufio.Writer, r io.Reader, keep func(ev []byte) bool) error 
 			return err
 		}
 		if isBlank(line) {
-			if err := emit(); err != nil {
+			if err := emit(ev); err != nil {
 				return err
 			}
+			ev = ev[:0]
 		}
 	}
 }

@@ -177,3 +177,53 @@ func TestStreamClientDisconnectCancelsUpstream(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamClientDisconnectCancelsSilentUpstream: an upstream that has
+// gone quiet in the middle of a stream (a model thinking, a stalled
+// provider) sees its request cancelled once the client has gone — the
+// gateway's keep-alive comments find out — and a client that stays reads
+// the comments between the events and the rest of the answer.
+func TestStreamClientDisconnectCancelsSilentUpstream(t *testing.T) {
+	t.Parallel()
+	const first = `data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"content":"token "},"finish_reason":null}]}` + "\n\n"
+	const last = "data: [DONE]\n\n"
+	for _, stay := range []bool{false, true} {
+		t.Run(map[bool]string{false: "client leaves", true: "client stays"}[stay], func(t *testing.T) {
+			t.Parallel()
+			cancelled := make(chan bool, 1)
+			release, ended := make(chan struct{}), make(chan struct{})
+			up := newFakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "text/event-stream")
+				writeEvents(w, first)
+				select {
+				case <-r.Context().Done():
+					cancelled <- true
+				case <-release:
+					writeEvents(w, last)
+				case <-ended: // the test failed: let the server close
+				}
+			})
+			t.Cleanup(func() { close(ended) })
+			e := newEnv(t, up.URL, func(o *gateway.Options) { o.KeepAlive = 10 * time.Millisecond })
+			resp := e.post(t, "/v1/chat/completions", `{"model":"gpt-4o","stream":true,"messages":[]}`, "Authorization", "Bearer "+e.token)
+			require.Equal(t, http.StatusOK, resp.StatusCode)
+			br := bufio.NewReader(resp.Body)
+			assert.Equal(t, first, readEvent(t, br))
+			if !stay {
+				require.NoError(t, resp.Body.Close())
+				select {
+				case <-cancelled:
+				case <-time.After(time.Minute):
+					t.Fatal("the silent upstream's request was not cancelled after the client went away")
+				}
+				return
+			}
+			assert.Equal(t, ": keep-alive\n\n", readEvent(t, br), "a comment while the upstream is silent")
+			close(release)
+			rest, err := io.ReadAll(br)
+			require.NoError(t, err)
+			resp.Body.Close()
+			assert.Regexp(t, `^(: keep-alive\n\n)*data: \[DONE\]\n\n$`, string(rest))
+		})
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -72,19 +73,36 @@ func Lap() string { return filepath.Join(Bin, "lap") }
 
 // UseNodeHarnesses makes the Node.js harnesses that `make build` put in
 // the checkout's bin/ (launchers of sandboxes/claude-agent-sdk's compiled
-// server) available to the lapd processes of this test binary. It fails
-// the test, naming the fix, when they have not been built.
+// server and of its opencode adapter, which runs the opencode binary
+// installed in sandboxes/opencode) available to the lapd processes of this
+// test binary. It fails the test, naming the fix, when they have not been
+// built.
 func UseNodeHarnesses(t testing.TB) {
 	t.Helper()
 	root, err := repoRoot()
 	require.NoError(t, err)
-	for _, name := range []string{"lap-harness-claude-agent-sdk"} {
+	for _, built := range []string{
+		filepath.Join(root, "sandboxes", "claude-agent-sdk", "dist", "server.js"),
+		filepath.Join(root, "sandboxes", "claude-agent-sdk", "dist", "opencode.js"),
+		filepath.Join(root, "sandboxes", "opencode", "node_modules", ".lap-stamp"),
+	} {
+		if _, err := os.Stat(built); err != nil {
+			t.Fatalf("%s is not built (%v): run `make build` first", built, err)
+		}
+	}
+	for _, name := range []string{"lap-harness-claude-agent-sdk", "lap-harness-opencode"} {
 		src := filepath.Join(root, "bin", name)
 		b, err := os.ReadFile(src)
 		if err != nil {
 			t.Fatalf("%s is not built (%v): run `make build` first", src, err)
 		}
-		require.NoError(t, os.WriteFile(filepath.Join(Bin, name), b, 0o755))
+		// Written aside and renamed, so tests that call this in parallel
+		// never exec a half-written launcher.
+		tmp, err := os.CreateTemp(Bin, name+".*")
+		require.NoError(t, err)
+		_, err = tmp.Write(b)
+		require.NoError(t, errors.Join(err, tmp.Chmod(0o755), tmp.Close()))
+		require.NoError(t, os.Rename(tmp.Name(), filepath.Join(Bin, name)))
 	}
 }
 

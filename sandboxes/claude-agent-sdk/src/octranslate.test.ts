@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { conversation, convertError, Events, turnOf, type OcMessage } from "./octranslate.js";
+import { conversation, convertError, convertPart, Events, turnOf, type OcMessage } from "./octranslate.js";
 import { modelRef, opencodeConfig } from "./opencode.js";
 import { loadConfig } from "./config.js";
 import type { Event } from "./protocol.js";
@@ -37,6 +37,16 @@ test("a turn's steps merge into one lap message", () => {
     ],
   );
   assert.deepEqual(conversation([user, step1, step2]).map((x) => x.info.role), ["user", "assistant"]);
+});
+
+test("tool titles name the tool, as lap's titles do", () => {
+  assert.equal(convertPart(step1.parts[1], "msg_a1")?.state?.title, "bash: ls");
+  const edit = { id: "prt_e", sessionID: "ses_1", messageID: "msg_a1", type: "tool", tool: "edit", callID: "call_2", state: { status: "completed", input: {}, title: "README.md" } };
+  assert.equal(convertPart(edit, "msg_a1")?.state?.title, "edit: README.md");
+  const long = { ...edit, state: { status: "running", title: "x".repeat(150) + "\nsecond line" } };
+  assert.equal(convertPart(long, "msg_a1")?.state?.title, "edit: " + "x".repeat(99) + "…");
+  const untitled = { ...edit, state: { status: "running", input: { filePath: "/r/README.md" } } };
+  assert.equal(convertPart(untitled, "msg_a1")?.state?.title, undefined, "no title: the CLI words it from the input");
 });
 
 test("errors are renamed", () => {

@@ -66,6 +66,18 @@ export function convertError(e: OcInfo["error"]): MessageError | undefined {
   }
 }
 
+/**
+ * partTitle is a tool call's one-line summary in lap's form, "tool: what"
+ * (e.g. "edit: README.md"), as the claude-agent-sdk harness words it:
+ * opencode's own titles name only the what (a path relative to the repo,
+ * a command), so a read and an edit of one file would read the same.
+ */
+export function partTitle(tool: string | undefined, title: string): string {
+  const line = title.split("\n")[0];
+  const what = line.length > 100 ? line.slice(0, 99) + "…" : line;
+  return tool ? `${tool}: ${what}` : what;
+}
+
 /** convertPart keeps text and tool parts, in lap's shape; others are dropped. */
 export function convertPart(p: OcPart, messageID: string): Part | undefined {
   const base = { id: p.id, sessionID: p.sessionID, messageID };
@@ -86,7 +98,7 @@ export function convertPart(p: OcPart, messageID: string): Part | undefined {
         input: s.input ?? {},
         ...(s.output ? { output: s.output } : {}),
         ...(s.error ? { error: s.error } : {}),
-        ...(s.title ? { title: s.title } : {}),
+        ...(s.title ? { title: partTitle(p.tool, s.title) } : {}),
       },
     };
   }
