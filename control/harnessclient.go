@@ -46,7 +46,8 @@ type harnessClient struct {
 	hc *http.Client
 	// fresh sends each turn on a new connection, for harnesses that do
 	// not answer "Expect: 100-continue" (noContinue): on a new connection
-	// a dead harness is a refused dial, the same proof.
+	// a dead harness is a refused dial, the same proof. Proxied endpoints
+	// use it too (see sandboxes.Endpoint.Proxied).
 	fresh *http.Client
 	// noContinue holds the hosts that made a turn wait continueTimeout.
 	noContinue sync.Map
@@ -188,7 +189,7 @@ func (h *harnessClient) sendMessage(ctx context.Context, t target, req protocol.
 	var m protocol.Message
 	path := "/session/" + url.PathEscape(t.sessionID) + "/message"
 	host := t.endpoint.URL
-	if _, no := h.noContinue.Load(host); no {
+	if _, no := h.noContinue.Load(host); no || t.endpoint.Proxied {
 		return m, h.call(ctx, h.fresh, t, http.MethodPost, path, req, &m)
 	}
 	var asked atomic.Bool

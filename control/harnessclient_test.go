@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -112,4 +113,26 @@ func TestTurnTheHarnessTookThenDiedIsNotResent(t *testing.T) {
 	_, err = h.sendMessage(context.Background(), tgt, protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "hi"}}})
 	require.Error(t, err)
 	assert.False(t, notSent(err), "%v", err)
+}
+
+// A turn to a harness behind proxies carries no "Expect: 100-continue"
+// (Knative's proxies answer it themselves and, once a harness's own
+// "100 Continue" passed through them, report its 404 as a 200), so the
+// harness's status reaches lapd as it was sent.
+func TestTurnThroughProxiesSendsNoExpect(t *testing.T) {
+	t.Parallel()
+	var expects atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Expect") != "" {
+			expects.Add(1)
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		http.Error(w, `{"error":{"code":"not_found","message":"session s1 not found"}}`, http.StatusNotFound)
+	}))
+	defer srv.Close()
+	h := newHarnessClient()
+	tgt := target{endpoint: sandboxes.Endpoint{URL: srv.URL, Proxied: true}, sessionID: "s1"}
+	_, err := h.sendMessage(context.Background(), tgt, protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "hi"}}})
+	assert.True(t, isStatus(err, http.StatusNotFound), "err: %v", err)
+	assert.Zero(t, expects.Load())
 }

@@ -932,12 +932,12 @@ func (b *Backend) waitReady(ctx context.Context, sb sandboxes.Sandbox, token str
 // cluster, or through the ingress by the tag host or the tag header.
 func (b *Backend) endpoint(svc *servingv1.Service, t servingv1.TrafficTarget) sandboxes.Endpoint {
 	if b.cfg.IngressURL == "" {
-		return sandboxes.Endpoint{URL: t.URL.String()}
+		return sandboxes.Endpoint{URL: t.URL.String(), Proxied: true}
 	}
 	if b.cfg.TagHeader && svc.Status.URL != nil {
-		return sandboxes.Endpoint{URL: b.cfg.IngressURL, Host: svc.Status.URL.Host, Header: map[string]string{TagHeader: t.Tag}}
+		return sandboxes.Endpoint{URL: b.cfg.IngressURL, Host: svc.Status.URL.Host, Header: map[string]string{TagHeader: t.Tag}, Proxied: true}
 	}
-	return sandboxes.Endpoint{URL: b.cfg.IngressURL, Host: t.URL.Host}
+	return sandboxes.Endpoint{URL: b.cfg.IngressURL, Host: t.URL.Host, Proxied: true}
 }
 
 // probe polls the harness's GET /session, with the sandbox's token, until

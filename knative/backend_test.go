@@ -30,13 +30,13 @@ func TestLifecycle(t *testing.T) {
 		want func(r *rig, svc, tag string) sandboxes.Endpoint
 	}{
 		{"in-cluster", func(*rig, map[string]string) {}, func(r *rig, svc, tag string) sandboxes.Endpoint {
-			return sandboxes.Endpoint{URL: "http://" + tagHost(tag, svc, r.ns)}
+			return sandboxes.Endpoint{URL: "http://" + tagHost(tag, svc, r.ns), Proxied: true}
 		}},
 		{"ingress by tag host", withIngress(false), func(r *rig, svc, tag string) sandboxes.Endpoint {
-			return sandboxes.Endpoint{URL: r.fake.ingress.URL, Host: tagHost(tag, svc, r.ns)}
+			return sandboxes.Endpoint{URL: r.fake.ingress.URL, Host: tagHost(tag, svc, r.ns), Proxied: true}
 		}},
 		{"ingress by tag header", withIngress(true), func(r *rig, svc, tag string) sandboxes.Endpoint {
-			return sandboxes.Endpoint{URL: r.fake.ingress.URL, Host: svc + "." + r.ns + ".svc.cluster.local", Header: map[string]string{"Knative-Serving-Tag": tag}}
+			return sandboxes.Endpoint{URL: r.fake.ingress.URL, Host: svc + "." + r.ns + ".svc.cluster.local", Header: map[string]string{"Knative-Serving-Tag": tag}, Proxied: true}
 		}},
 	}
 	for _, mode := range modes {

@@ -36,7 +36,7 @@ func TestRBAC(t *testing.T) {
 	asLapd := srv.ConfigFor(lapdToken)
 	r := newRig(t, agents, withClientConfig(asLapd))
 	runLifecycle(t, r, func(svc, tag string) sandboxes.Endpoint {
-		return sandboxes.Endpoint{URL: "http://" + tagHost(tag, svc, agents)}
+		return sandboxes.Endpoint{URL: "http://" + tagHost(tag, svc, agents), Proxied: true}
 	})
 
 	// Failure paths use the rest of the Role: a failed provision cleans
