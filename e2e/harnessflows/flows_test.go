@@ -243,7 +243,7 @@ func flow(t *testing.T, h harness) {
 	// A turn that reads, edits and runs Bash in the repo.
 	tm.Send(tidyPrompt + ".\r")
 	start, _ := tm.WaitLine(0, regexp.MustCompile(`^> `+regexp.QuoteMeta(tidyPrompt)+`\.$`))
-	screen := strings.Join(turnEnd(tm, start)[start:], "\n")
+	screen := strings.Join(platform.TurnEnd(tm, start)[start:], "\n")
 	assert.Contains(t, screen, "Let me read it first.")
 	assert.Contains(t, screen, tidyDone)
 	// One line per tool call, completed in place, naming the file as the
@@ -251,8 +251,8 @@ func flow(t *testing.T, h harness) {
 	assert.Regexp(t, `(?m)^✓ read: README\.md$`, screen)
 	assert.Regexp(t, `(?m)^✓ edit: README\.md$`, screen)
 	assert.Regexp(t, `(?m)^✓ bash: `+regexp.QuoteMeta(noteCommand)+`$`, screen)
-	assertFile(t, filepath.Join(repo, "README.md"), "# demo\nhello from the agent\n")
-	assertFile(t, filepath.Join(repo, "CHANGELOG.md"), noteLine+"\n")
+	platform.AssertFile(t, filepath.Join(repo, "README.md"), "# demo\nhello from the agent\n")
+	platform.AssertFile(t, filepath.Join(repo, "CHANGELOG.md"), noteLine+"\n")
 
 	step("edit turn done")
 	// Ctrl-C in the middle of a long Bash command: the turn is aborted,
@@ -270,7 +270,7 @@ func flow(t *testing.T, h harness) {
 	for _, pid := range jobs {
 		platform.WaitFor(t, "the slow job's process "+strconv.Itoa(pid)+" to end", func() bool { return !platform.Alive(pid) })
 	}
-	assertFile(t, slow, "started\n")
+	platform.AssertFile(t, slow, "started\n")
 	msgs := l.Messages(sess.ID)
 	require.Len(t, msgs, 4)
 	aborted := msgs[3]
@@ -296,7 +296,7 @@ func flow(t *testing.T, h harness) {
 	tm.WaitFor("the chat prompt", func(l []string) bool { return len(l) > 0 && l[len(l)-1] == ">" })
 	tm.Send(askPrompt + "\r")
 	start, _ = tm.WaitLine(0, regexp.MustCompile(`^> `+regexp.QuoteMeta(askPrompt)+`$`))
-	screen = strings.Join(turnEnd(tm, start)[start:], "\n")
+	screen = strings.Join(platform.TurnEnd(tm, start)[start:], "\n")
 	assert.Contains(t, screen, askAnswer, "the model saw the earlier turns")
 	resumed := l.Session(sess.ID, "")
 	assert.Equal(t, api.SessionReady, resumed.Status)
@@ -337,7 +337,7 @@ func flow(t *testing.T, h harness) {
 // with this harness's name and id in its body.
 func createAgent(t *testing.T, l *platform.Lapd, h harness) api.Agent {
 	t.Helper()
-	curl := readmeCurl(t)
+	curl := platform.ReadmeCurl(t)
 	for _, field := range []string{`"name": "my-sdk-agent"`, `"harness_id": "claude-agent-sdk"`} {
 		require.Contains(t, curl, field, "the quickstart body")
 	}
@@ -350,45 +350,6 @@ func createAgent(t *testing.T, l *platform.Lapd, h harness) api.Agent {
 	var a api.Agent
 	require.NoError(t, json.Unmarshal(out, &a), "%s", out)
 	return a
-}
-
-// readmeCurl returns the README's agent-create command: from its
-// `curl -X POST …/agents` line to the line that closes the JSON body.
-func readmeCurl(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(platform.RepoRoot(t), "README.md"))
-	require.NoError(t, err)
-	lines := strings.Split(string(b), "\n")
-	for i, l := range lines {
-		if !strings.HasPrefix(l, "curl -X POST $LAP_URL/api/v1/managed_agents/agents ") {
-			continue
-		}
-		for j := i; j < len(lines); j++ {
-			if lines[j] == "}'" {
-				return strings.Join(lines[i:j+1], "\n")
-			}
-		}
-	}
-	t.Fatal("README.md has no agent-create curl (curl -X POST $LAP_URL/api/v1/managed_agents/agents … }')")
-	return ""
-}
-
-var footerRE = regexp.MustCompile(`^\[\d+(\.\d)?s · [\d,]+ in / [\d,]+ out tokens · \$[\d.]+\]$`)
-
-// turnEnd waits until the turn whose prompt line is at start has ended —
-// its footer shown and the next prompt up — and returns the screen.
-func turnEnd(tm *clitest.Term, start int) []string {
-	return tm.WaitFor("the footer and the next prompt", func(l []string) bool {
-		if len(l) == 0 || l[len(l)-1] != ">" {
-			return false
-		}
-		for _, line := range l[start+1:] {
-			if footerRE.MatchString(line) {
-				return true
-			}
-		}
-		return false
-	})
 }
 
 // processesIn returns the pids of the running processes named comm whose
@@ -410,12 +371,4 @@ func processesIn(dir, comm string) []int {
 		}
 	}
 	return pids
-}
-
-func assertFile(t *testing.T, path, want string) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if assert.NoError(t, err) {
-		assert.Equal(t, want, string(b), path)
-	}
 }

@@ -12,8 +12,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/http/cgi"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,60 +31,6 @@ import (
 
 func TestMain(m *testing.M) {
 	os.Exit(platform.Main(m))
-}
-
-// readmeCurl returns the README's agent-create command, as a user copies
-// it: from its `curl -X POST …/agents` line to the line that closes the
-// JSON body.
-func readmeCurl(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(platform.RepoRoot(t), "README.md"))
-	require.NoError(t, err)
-	lines := strings.Split(string(b), "\n")
-	for i, l := range lines {
-		if !strings.HasPrefix(l, "curl -X POST $LAP_URL/api/v1/managed_agents/agents ") {
-			continue
-		}
-		for j := i; j < len(lines); j++ {
-			if lines[j] == "}'" {
-				return strings.Join(lines[i:j+1], "\n")
-			}
-		}
-	}
-	t.Fatal("README.md has no agent-create curl (curl -X POST $LAP_URL/api/v1/managed_agents/agents … }')")
-	return ""
-}
-
-// gitRepo serves a repository holding README.md on main over git's smart
-// HTTP protocol (git http-backend) on loopback, as a hosted repo would be,
-// and returns its URL. Served by this process, it is readable by the
-// sandboxes' own users without any git ownership exception.
-func gitRepo(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	src := filepath.Join(dir, "src")
-	git := func(dir string, args ...string) string {
-		t.Helper()
-		cmd := exec.Command("git", args...)
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@t", "GIT_COMMITTER_NAME=t",
-			"GIT_COMMITTER_EMAIL=t@t", "GIT_CONFIG_NOSYSTEM=1", "HOME="+dir)
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "git %v: %s", args, out)
-		return strings.TrimSpace(string(out))
-	}
-	require.NoError(t, os.MkdirAll(src, 0o755))
-	git(src, "init", "-q", "-b", "main")
-	require.NoError(t, os.WriteFile(filepath.Join(src, "README.md"), []byte("# demo\nhello world\n"), 0o644))
-	git(src, "add", ".")
-	git(src, "commit", "-q", "-m", "init")
-	git(dir, "clone", "-q", "--bare", src, "repos/demo.git")
-	srv := httptest.NewServer(&cgi.Handler{
-		Path: filepath.Join(git(dir, "--exec-path"), "git-http-backend"),
-		Env:  []string{"GIT_PROJECT_ROOT=" + filepath.Join(dir, "repos"), "GIT_HTTP_EXPORT_ALL=1"},
-	})
-	t.Cleanup(srv.Close)
-	return srv.URL + "/demo.git"
 }
 
 // model is the fake model behind my-sdk-agent, in Claude Code's terms:
@@ -213,7 +157,7 @@ func TestQuickstart(t *testing.T) {
 	}
 
 	// The README's curl, word for word, with the two variables it uses.
-	curl := readmeCurl(t)
+	curl := platform.ReadmeCurl(t)
 	runCurl := func() api.Agent {
 		t.Helper()
 		cmd := exec.Command("bash", "-c", curl+" --silent --show-error")
@@ -234,7 +178,7 @@ func TestQuickstart(t *testing.T) {
 	assert.Equal(t, http.StatusConflict, status, "the same name again: %s", body)
 
 	// This machine has no internet: point the agent at a repo on loopback.
-	repo := gitRepo(t)
+	repo := platform.GitRepo(t, map[string]string{"README.md": "# demo\nhello world\n"})
 	out := lap("agents", "update", "my-sdk-agent", "--repo", repo)
 	assert.Regexp(t, `^✓ agent my-sdk-agent \([0-9a-f]{8}\) updated, generation 2\n$`, out)
 	platform.WaitFor(t, "a warm sandbox of the new generation", func() bool { return l.Warm("my-sdk-agent") == 1 })
@@ -261,15 +205,15 @@ func TestQuickstart(t *testing.T) {
 	md.setRepo(repoDir)
 	tm.Send(editPrompt + ".\r")
 	start, _ := tm.WaitLine(0, regexp.MustCompile(`^> `+regexp.QuoteMeta(editPrompt)+`\.$`))
-	screen := strings.Join(turnEnd(tm, start)[start:], "\n")
+	screen := strings.Join(platform.TurnEnd(tm, start)[start:], "\n")
 	assert.Contains(t, screen, editDone)
 	// Each tool call is one line, completed in place, naming the file as
 	// the user knows it: relative to the repo.
 	assert.Regexp(t, `(?m)^✓ read: README\.md$`, screen)
 	assert.Regexp(t, `(?m)^✓ edit: README\.md$`, screen)
 	assert.Regexp(t, `(?m)^✓ write: CHANGELOG\.md$`, screen)
-	assertFile(t, filepath.Join(repoDir, "README.md"), "# demo\nhello from the agent\n")
-	assertFile(t, filepath.Join(repoDir, "CHANGELOG.md"), changelog)
+	platform.AssertFile(t, filepath.Join(repoDir, "README.md"), "# demo\nhello from the agent\n")
+	platform.AssertFile(t, filepath.Join(repoDir, "CHANGELOG.md"), changelog)
 
 	tm.Send("\x04")
 	tm.WaitLine(0, regexp.MustCompile(`^session `+short+` kept; resume it with: lap resume `+short+`$`))
@@ -279,7 +223,7 @@ func TestQuickstart(t *testing.T) {
 	pid := p.HarnessPID(sess.SandboxID)
 	platform.WaitFor(t, "the session to go idle", func() bool { return l.Session(sess.ID, "").Status == api.SessionIdle })
 	platform.WaitFor(t, "its harness to stop", func() bool { return !platform.Alive(pid) })
-	assertFile(t, filepath.Join(repoDir, "CHANGELOG.md"), changelog)
+	platform.AssertFile(t, filepath.Join(repoDir, "CHANGELOG.md"), changelog)
 	out = lap("sessions", "get", short)
 	assert.Contains(t, out, "status       idle\n")
 	assert.Contains(t, out, "resume with  lap resume "+short+"\n")
@@ -291,7 +235,7 @@ func TestQuickstart(t *testing.T) {
 	tm.WaitFor("the chat prompt", func(l []string) bool { return len(l) > 0 && l[len(l)-1] == ">" })
 	tm.Send(askPrompt + "\r")
 	start, _ = tm.WaitLine(0, regexp.MustCompile(`^> `+regexp.QuoteMeta(askPrompt)+`$`))
-	screen = strings.Join(turnEnd(tm, start)[start:], "\n")
+	screen = strings.Join(platform.TurnEnd(tm, start)[start:], "\n")
 	assert.Contains(t, screen, askAnswer)
 	resumed := l.Session(sess.ID, "")
 	assert.Equal(t, api.SessionReady, resumed.Status)
@@ -315,31 +259,5 @@ func TestQuickstart(t *testing.T) {
 	require.Len(t, msgs, 4, "the log outlives the session")
 	for _, m := range msgs {
 		assert.Equal(t, "completed", m.Info.Status)
-	}
-}
-
-var footerRE = regexp.MustCompile(`^\[\d+(\.\d)?s · [\d,]+ in / [\d,]+ out tokens · \$[\d.]+\]$`)
-
-// turnEnd waits until the turn whose prompt line is at start has ended —
-// its footer shown and the next prompt up — and returns the screen.
-func turnEnd(tm *clitest.Term, start int) []string {
-	return tm.WaitFor("the footer and the next prompt", func(l []string) bool {
-		if len(l) == 0 || l[len(l)-1] != ">" {
-			return false
-		}
-		for _, line := range l[start+1:] {
-			if footerRE.MatchString(line) {
-				return true
-			}
-		}
-		return false
-	})
-}
-
-func assertFile(t *testing.T, path, want string) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if assert.NoError(t, err) {
-		assert.Equal(t, want, string(b), path)
 	}
 }
