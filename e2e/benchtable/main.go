@@ -62,6 +62,7 @@ func packages(count int) []pkg {
 		{"./knative", 1},
 		{"./cli", 1},
 		{"./sandboxes/claude-agent-sdk", 1},
+		{"./e2e/lapdbox", 1},
 	}
 }
 
@@ -189,6 +190,7 @@ const (
 	harnessM  = "./cmd/lap-harness BenchmarkIdleRSS"
 	harnessT  = "./cmd/lap-harness BenchmarkStartToReady"
 	loadBench = "./e2e/load BenchmarkLoad"
+	box       = "./e2e/lapdbox BenchmarkLapOnKnative"
 )
 
 func atMost(limits ...float64) func([]float64) bool {
@@ -251,6 +253,14 @@ var headline = []row{
 		cells: []cell{{harnessM, "rss-MB-p50"}}, goal: "≤ 25 MB", met: atMost(25)},
 	{figure: "  lap-harness start → ready (no clone)", format: "%.1f ms p50",
 		cells: []cell{{harnessT, "ms-p50"}}, goal: "—"},
+	{figure: "lap on Knative in a box: warm claim, create session → ready", format: "%.0f ms p50, %.0f ms p90",
+		cells: []cell{{box, "warm-claim-ms-p50"}, {box, "warm-claim-ms-p90"}}, goal: "—"},
+	{figure: "  cold provision: create → new revision Ready → harness up", format: "%.0f ms p50, %.0f ms p90",
+		cells: []cell{{box, "cold-ready-ms-p50"}, {box, "cold-ready-ms-p90"}}, goal: "—"},
+	{figure: "  resume from zero: message → pod back → answer", format: "%.0f ms p50, %.0f ms p90",
+		cells: []cell{{box, "resume-from-zero-ms-p50"}, {box, "resume-from-zero-ms-p90"}}, goal: "—"},
+	{figure: "  memory per sandbox pod (queue-proxy + lap-harness)", format: "%.0f MiB p50",
+		cells: []cell{{box, "pod-MiB-p50"}}, goal: "—"},
 }
 
 func printTable(w io.Writer, res results, count int, took time.Duration) {
