@@ -53,6 +53,15 @@ LAP_LISTEN='127.0.0.1:4000'
 	assert.Equal(t, ":5000", c.Listen, "environment wins over .env")
 }
 
+func TestLoadRejectsMalformedDotenv(t *testing.T) {
+	t.Parallel()
+	dotenv := filepath.Join(t.TempDir(), ".env")
+	require.NoError(t, os.WriteFile(dotenv, []byte("MASTER_KEY=0123456789abcdef\nnot a setting\n"), 0o600))
+	_, err := Load(env(nil), dotenv)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), dotenv, "the error names the file")
+}
+
 func TestLoadRejectsBadValues(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"bufio"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -13,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/joho/godotenv"
 )
 
 // want is returned by parsers; Load turns it into a *SettingError.
@@ -122,41 +123,18 @@ func DecodeKey(s string) ([]byte, error) {
 	return nil, want("64 hex characters or base64 of 32 bytes")
 }
 
-// readDotenv reads KEY=VALUE lines from path. Blank lines and lines
-// starting with # are skipped, an `export ` prefix is allowed, and values
-// may be wrapped in single or double quotes. A missing file is no error.
+// readDotenv reads the .env file at path with godotenv (KEY=VALUE lines,
+// comments, `export `, quoted values). A missing file is no error.
 func readDotenv(path string) (map[string]string, error) {
-	vars := map[string]string{}
 	if path == "" {
-		return vars, nil
+		return map[string]string{}, nil
 	}
-	f, err := os.Open(path)
+	vars, err := godotenv.Read(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return vars, nil
+		return map[string]string{}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		line = strings.TrimPrefix(line, "export ")
-		k, v, ok := strings.Cut(line, "=")
-		k = strings.TrimSpace(k)
-		if !ok || k == "" {
-			return nil, fmt.Errorf("%s:%d: want KEY=VALUE", path, n)
-		}
-		v = strings.TrimSpace(v)
-		if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
-			v = v[1 : len(v)-1]
-		} else if i := strings.Index(v, " #"); i >= 0 {
-			v = strings.TrimSpace(v[:i])
-		}
-		vars[k] = v
-	}
-	return vars, sc.Err()
+	return vars, nil
 }

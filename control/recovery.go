@@ -3,7 +3,8 @@ package control
 import (
 	"context"
 	"errors"
-	"sync"
+
+	"golang.org/x/sync/errgroup"
 
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/store"
@@ -89,10 +90,10 @@ func (s *Server) recoverState(ctx context.Context) error {
 // turn it finds running when a message comes.
 func (s *Server) abortInterrupted(ctx context.Context, failed []store.Message) {
 	seen := map[string]bool{}
-	sem := make(chan struct{}, 8)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(8)
 	for _, m := range failed {
-		if seen[m.SessionID] {
+		if seen[m.SessionID] || ctx.Err() != nil {
 			continue
 		}
 		seen[m.SessionID] = true
@@ -100,24 +101,16 @@ func (s *Server) abortInterrupted(ctx context.Context, failed []store.Message) {
 		if !ok {
 			continue
 		}
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			wg.Wait()
-			return
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
+		g.Go(func() error {
 			actx, cancel := context.WithTimeout(ctx, abortGrace)
 			defer cancel()
 			if err := s.harness.abort(actx, tgt); err != nil {
 				s.log.Info("abort an interrupted turn in its harness", "session", m.SessionID, "err", err)
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait() // the goroutines log their own failures
 }
 
 // runningTarget is the harness session of session id when its sandbox is
@@ -141,23 +134,18 @@ func (s *Server) runningTarget(ctx context.Context, id string) (target, bool) {
 // ensureAgents re-applies every agent on the backend (idempotent), a few
 // at a time, so a backend that lost per-agent resources gets them back.
 func (s *Server) ensureAgents(ctx context.Context, agents []store.Agent) {
-	sem := make(chan struct{}, 4)
-	var wg sync.WaitGroup
+	var g errgroup.Group
+	g.SetLimit(4)
 	for _, a := range agents {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			wg.Wait()
-			return
+		if ctx.Err() != nil {
+			break
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
+		g.Go(func() error {
 			if err := s.ensureAgent(ctx, a); err != nil {
 				s.log.Warn("ensure agent on the backend", "agent", a.Name, "err", err)
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	_ = g.Wait() // the goroutines log their own failures
 }
