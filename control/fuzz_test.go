@@ -142,6 +142,10 @@ func FuzzCreateSession(f *testing.F) {
 	fe := newFuzzEnv(f)
 	addSeeds(f, `{"title": "t"}`, `{"title": "t", "initial_prompt": "hello", "max_budget_usd": 2}`)
 	f.Fuzz(func(t *testing.T, body []byte) {
+		var req api.CreateSessionRequest
+		if json.Unmarshal(body, &req) == nil && strings.HasPrefix(strings.TrimSpace(req.InitialPrompt), "/") {
+			return // a command of the test harness (/block runs until aborted), not an input to lapd
+		}
 		status, out := fe.call(t, http.MethodPost, "/agents/"+fe.agent.ID+"/session", "application/json", body)
 		if status == http.StatusCreated {
 			var s api.Session
