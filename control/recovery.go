@@ -93,7 +93,10 @@ func (s *Server) abortInterrupted(ctx context.Context, failed []store.Message) {
 	var g errgroup.Group
 	g.SetLimit(8)
 	for _, m := range failed {
-		if seen[m.SessionID] || ctx.Err() != nil {
+		if ctx.Err() != nil {
+			break
+		}
+		if seen[m.SessionID] {
 			continue
 		}
 		seen[m.SessionID] = true
