@@ -366,8 +366,8 @@ func (b *Backend) ensureSecret(ctx context.Context, agent sandboxes.AgentSpec) e
 }
 
 // DeleteAgent deletes the agent's Service (Kubernetes' garbage collector
-// removes its Configuration, Route and every revision, so every sandbox)
-// and its Secret.
+// removes its Configuration, Route and every revision, so every sandbox),
+// its Secret and its sandboxes' Secrets.
 func (b *Backend) DeleteAgent(ctx context.Context, agent sandboxes.AgentSpec) error {
 	unlock, err := b.locks.lock(ctx, agent.Name)
 	if err != nil {
@@ -393,15 +393,27 @@ func (b *Backend) DeleteAgent(ctx context.Context, agent sandboxes.AgentSpec) er
 			return fmt.Errorf("delete service %s: %w", agent.Name, err)
 		}
 	}
-	err = b.kube.CoreV1().Secrets(b.p.Namespace).Delete(ctx, SecretName(agent.Name), metav1.DeleteOptions{})
+	secrets := b.kube.CoreV1().Secrets(b.p.Namespace)
+	err = secrets.Delete(ctx, SecretName(agent.Name), metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete secret %s: %w", SecretName(agent.Name), err)
+	}
+	// By selector, not by the names in the route: a sandbox may be
+	// suspended, or its provision may have failed half-way.
+	err = secrets.DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: sandboxSecretsOf(agent.ID)})
+	if err != nil {
+		return fmt.Errorf("delete sandbox secrets of agent %s: %w", agent.Name, err)
 	}
 	return nil
 }
 
-// Provision adds the sandbox's revision and tag to the agent's Service in
-// one update, waits until Knative has created the revision (so the next
+// sandboxSecretsOf selects the sandbox Secrets of an agent, not its own.
+func sandboxSecretsOf(agentID string) string {
+	return labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedBy, LabelAgentID: agentID}).String() + "," + LabelSandboxID
+}
+
+// Provision creates the sandbox's Secret (its tokens), then adds its
+// revision and tag to the agent's Service in one update, waits until Knative has created the revision (so the next
 // template update of the agent cannot skip it), then, without holding the
 // agent, until the revision is ready, routed, and its harness answers.
 func (b *Backend) Provision(ctx context.Context, spec sandboxes.Spec) (sandboxes.Sandbox, error) {
@@ -439,11 +451,17 @@ func (b *Backend) Provision(ctx context.Context, spec sandboxes.Spec) (sandboxes
 		return fail(err)
 	}
 
-	written, err := b.addSandbox(ctx, spec, tmpl)
+	owner, err := b.precheck(spec)
 	if err != nil {
-		if written {
-			b.cleanup(parent, sb)
-		}
+		return fail(err)
+	}
+	// Before the template update: the revision's pod reads it.
+	if err := b.createSandboxSecret(ctx, MakeSandboxSecret(spec, b.p, owner)); err != nil {
+		return fail(err)
+	}
+	written, err := b.addSandbox(ctx, spec, tmpl, owner)
+	if err != nil {
+		b.cleanup(parent, sb, written)
 		return fail(b.waitError(parent, err))
 	}
 	ep, err := b.waitReady(ctx, sb, token)
@@ -452,7 +470,7 @@ func (b *Backend) Provision(ctx context.Context, spec sandboxes.Spec) (sandboxes
 		if errors.Is(err, sandboxes.ErrNotReady) {
 			err = fmt.Errorf("%w\n%s", err, b.logTail(parent, sb))
 		}
-		b.cleanup(parent, sb)
+		b.cleanup(parent, sb, true)
 		return fail(err)
 	}
 	sb.Running, sb.Endpoint = true, ep
@@ -460,9 +478,67 @@ func (b *Backend) Provision(ctx context.Context, spec sandboxes.Spec) (sandboxes
 	return sb, nil
 }
 
+// precheck refuses, before any write, a provision the cached Service
+// already shows would fail, and returns the owner reference of the
+// sandbox's Secret; nil when the cache has no Service yet. addSandbox
+// checks again on the fresh Service.
+func (b *Backend) precheck(spec sandboxes.Spec) (*metav1.OwnerReference, error) {
+	svc, err := b.services.Get(spec.Agent.Name)
+	if err != nil {
+		return nil, nil
+	}
+	if err := owned(svc, spec.Agent.ID); err != nil {
+		return nil, err
+	}
+	if err := b.checkCapacity(svc, SandboxTag(spec.ID)); err != nil {
+		return nil, err
+	}
+	return &metav1.OwnerReference{
+		APIVersion: servingv1.SchemeGroupVersion.String(),
+		Kind:       "Service",
+		Name:       svc.Name,
+		UID:        svc.UID,
+	}, nil
+}
+
+// createSandboxSecret creates a sandbox's Secret, or takes over the one a
+// failed provision of the same sandbox left behind.
+func (b *Backend) createSandboxSecret(ctx context.Context, want *corev1.Secret) error {
+	secrets := b.kube.CoreV1().Secrets(b.p.Namespace)
+	_, err := secrets.Create(ctx, want, metav1.CreateOptions{})
+	if !apierrors.IsAlreadyExists(err) {
+		if err != nil {
+			return fmt.Errorf("create secret %s: %w", want.Name, err)
+		}
+		return nil
+	}
+	cur, err := secrets.Get(ctx, want.Name, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("get secret %s: %w", want.Name, err)
+	}
+	if id := cur.Labels[LabelSandboxID]; id != want.Labels[LabelSandboxID] {
+		return fmt.Errorf("secret %s belongs to sandbox %q, not %s", cur.Name, id, want.Labels[LabelSandboxID])
+	}
+	cur.Labels, cur.Data, cur.OwnerReferences = want.Labels, want.Data, want.OwnerReferences
+	if _, err := secrets.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("update secret %s: %w", cur.Name, err)
+	}
+	return nil
+}
+
+// deleteSandboxSecret deletes a sandbox's Secret; one already gone (or
+// never made, by a lapd before sandbox Secrets) is no error.
+func (b *Backend) deleteSandboxSecret(ctx context.Context, name string) error {
+	err := b.kube.CoreV1().Secrets(b.p.Namespace).Delete(ctx, name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete secret %s: %w", name, err)
+	}
+	return nil
+}
+
 // addSandbox is Provision's serialised part. written reports whether the
 // Service was changed, so a failure must be cleaned up.
-func (b *Backend) addSandbox(ctx context.Context, spec sandboxes.Spec, tmpl servingv1.RevisionTemplateSpec) (written bool, err error) {
+func (b *Backend) addSandbox(ctx context.Context, spec sandboxes.Spec, tmpl servingv1.RevisionTemplateSpec, owner *metav1.OwnerReference) (written bool, err error) {
 	unlock, err := b.locks.lock(ctx, spec.Agent.Name)
 	if err != nil {
 		return false, err
@@ -475,6 +551,10 @@ func (b *Backend) addSandbox(ctx context.Context, spec sandboxes.Spec, tmpl serv
 		}
 		if err := b.checkCapacity(svc, tag); err != nil {
 			return false, err
+		}
+		if owner != nil && owner.UID != svc.UID {
+			// Kubernetes' garbage collector would delete the Secret.
+			return false, fmt.Errorf("service %s was replaced during the provision", svc.Name)
 		}
 		svc.Spec.Template = tmpl
 		svc.Spec.Traffic = WithTarget(svc.Spec.Traffic, SandboxTarget(tag, tmpl.Name))
@@ -563,7 +643,10 @@ func (b *Backend) Resume(ctx context.Context, sb sandboxes.Sandbox) (sandboxes.S
 		_ = b.removeTag(context.WithoutCancel(parent), svcName, tag)
 		return fail(fmt.Errorf("revision %s failed (%s: %s): %w", revName, c.Reason, c.Message, sandboxes.ErrGone))
 	}
-	token := harnessToken(rev)
+	token, err := b.harnessToken(ctx, rev)
+	if err != nil {
+		return fail(err)
+	}
 
 	unlock, err := b.locks.lock(ctx, svcName)
 	if err != nil {
@@ -675,7 +758,8 @@ func (b *Backend) destroy(ctx context.Context, svcName, revName, tag string) err
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete revision %s: %w", revName, err)
 	}
-	return nil
+	// Named as the revision (SandboxSecretName).
+	return b.deleteSandboxSecret(ctx, revName)
 }
 
 // locate finds a sandbox by its id alone, in the informers' caches: its
@@ -722,11 +806,17 @@ func (b *Backend) serviceOf(agentID string) string {
 }
 
 // cleanup undoes a failed provision, even when the caller's context has
-// ended.
-func (b *Backend) cleanup(parent context.Context, sb sandboxes.Sandbox) {
+// ended: the whole sandbox if the Service was written, else its Secret.
+func (b *Backend) cleanup(parent context.Context, sb sandboxes.Sandbox, written bool) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), time.Minute)
 	defer cancel()
-	if err := b.destroy(ctx, sb.Data[DataService], sb.Data[DataRevision], sb.Data[DataTag]); err != nil {
+	var err error
+	if written {
+		err = b.destroy(ctx, sb.Data[DataService], sb.Data[DataRevision], sb.Data[DataTag])
+	} else {
+		err = b.deleteSandboxSecret(ctx, sb.Data[DataRevision])
+	}
+	if err != nil {
 		b.log.Warn("clean up failed sandbox", "sandbox", sb.ID, "err", err)
 	}
 }
@@ -1070,17 +1160,31 @@ func findTag(traffic []servingv1.TrafficTarget, tag string) (servingv1.TrafficTa
 	return servingv1.TrafficTarget{}, false
 }
 
-// harnessToken reads the sandbox's HARNESS_AUTH_TOKEN from its revision,
-// where it has been since Provision; Resume needs it for its probe.
-func harnessToken(rev *servingv1.Revision) string {
+// harnessToken reads the sandbox's HARNESS_AUTH_TOKEN where its pod does:
+// from the Secret its revision names, or from the revision itself if an
+// older lapd, before sandbox Secrets, provisioned it. Resume needs it for
+// its probe, also after a lapd restart.
+func (b *Backend) harnessToken(ctx context.Context, rev *servingv1.Revision) (string, error) {
 	for _, c := range rev.Spec.Containers {
 		for _, e := range c.Env {
-			if e.Name == "HARNESS_AUTH_TOKEN" {
-				return e.Value
+			if e.Name != "HARNESS_AUTH_TOKEN" {
+				continue
 			}
+			if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+				return e.Value, nil
+			}
+			ref := e.ValueFrom.SecretKeyRef
+			s, err := b.kube.CoreV1().Secrets(b.p.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				return "", fmt.Errorf("secret %s of revision %s was deleted: %w", ref.Name, rev.Name, sandboxes.ErrGone)
+			}
+			if err != nil {
+				return "", fmt.Errorf("get secret %s: %w", ref.Name, err)
+			}
+			return string(s.Data[ref.Key]), nil
 		}
 	}
-	return ""
+	return "", nil
 }
 
 func randomToken() (string, error) {

@@ -2,6 +2,7 @@ package knative
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
@@ -94,6 +96,17 @@ func runLifecycle(t *testing.T, r *rig, wantEndpoint func(svc, tag string) sandb
 		assert.Equal(t, "1", rev.Annotations["autoscaling.knative.dev/max-scale"], rev.Name)
 		assert.Equal(t, sb.ID, rev.Labels[LabelSandboxID])
 		assert.Equal(t, specs[i].Role, rev.Labels[LabelRole])
+		assertNoTokens(t, rev, specs[i])
+		secret := r.sandboxSecret(sb)
+		assert.Equal(t, specs[i].Env["HARNESS_AUTH_TOKEN"], string(secret.Data["HARNESS_AUTH_TOKEN"]))
+		assert.Equal(t, specs[i].Env["LITELLM_API_KEY"], string(secret.Data["LITELLM_API_KEY"]))
+		assert.Equal(t, sb.ID, secret.Labels[LabelSandboxID])
+		assert.Equal(t, agent.ID, secret.Labels[LabelAgentID])
+		require.Len(t, secret.OwnerReferences, 1, "the Service owns it")
+		assert.Equal(t, svc.UID, secret.OwnerReferences[0].UID)
+		token, err := r.b.harnessToken(r.ctx(), rev)
+		require.NoError(t, err, "adoption reads the token from the Secret")
+		assert.Equal(t, specs[i].Env["HARNESS_AUTH_TOKEN"], token)
 	}
 
 	// Adoption sees all three running.
@@ -132,6 +145,7 @@ func runLifecycle(t *testing.T, r *rig, wantEndpoint func(svc, tag string) sandb
 		require.NoError(t, r.b.Destroy(r.ctx(), sb))
 		_, err := r.admin.ServingV1().Revisions(r.ns).Get(r.ctx(), sb.Data[DataRevision], metav1.GetOptions{})
 		assert.True(t, apierrors.IsNotFound(err), "revision %s after destroy: %v", sb.Data[DataRevision], err)
+		r.assertSecretGone(sb)
 		_, tagged := findTag(r.service("reviewer").Spec.Traffic, sb.Data[DataTag])
 		assert.False(t, tagged)
 		require.NoError(t, r.b.Destroy(r.ctx(), sb), "destroy is idempotent")
@@ -157,6 +171,7 @@ func runLifecycle(t *testing.T, r *rig, wantEndpoint func(svc, tag string) sandb
 	assert.True(t, apierrors.IsNotFound(err), "service after DeleteAgent: %v", err)
 	_, err = r.kube.CoreV1().Secrets(r.ns).Get(r.ctx(), "reviewer-secrets", metav1.GetOptions{})
 	assert.True(t, apierrors.IsNotFound(err), "secret after DeleteAgent: %v", err)
+	r.assertSecretGone(sbs[1])
 	r.eventually(func() bool {
 		listed, err := r.b.List(r.ctx())
 		return err == nil && len(listed) == 0
@@ -180,11 +195,11 @@ func TestWrites(t *testing.T) {
 	assert.EqualValues(t, 0, count(func() error { return r.b.EnsureAgent(r.ctx(), agent) }), "EnsureAgent again (lapd restart)")
 
 	var sb, older sandboxes.Sandbox
-	assert.EqualValues(t, 1, count(func() (err error) {
+	assert.EqualValues(t, 2, count(func() (err error) {
 		older, err = r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleWarm))
 		return err
-	}), "Provision")
-	assert.EqualValues(t, 1, count(func() (err error) { sb, err = r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleWarm)); return err }), "Provision")
+	}), "Provision: sandbox Secret + Service")
+	assert.EqualValues(t, 2, count(func() (err error) { sb, err = r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleWarm)); return err }), "Provision: sandbox Secret + Service")
 
 	// A warm claim is the control plane's bbolt and an HTTP call to the
 	// harness: nothing of this backend, and no API write.
@@ -210,15 +225,63 @@ func TestWrites(t *testing.T) {
 	assert.EqualValues(t, 1, count(func() (err error) { sb, err = r.b.Suspend(r.ctx(), sb); return err }), "Suspend")
 	assert.EqualValues(t, 0, count(func() (err error) { sb, err = r.b.Suspend(r.ctx(), sb); return err }), "Suspend again")
 	assert.EqualValues(t, 1, count(func() (err error) { sb, err = r.b.Resume(r.ctx(), sb); return err }), "Resume")
-	assert.EqualValues(t, 2, count(func() error { return r.b.Destroy(r.ctx(), older) }), "Destroy: route + revision")
-	assert.EqualValues(t, 2, count(func() error { return r.b.Destroy(r.ctx(), sb) }), "Destroy of the newest: route and template + revision")
+	assert.EqualValues(t, 3, count(func() error { return r.b.Destroy(r.ctx(), older) }), "Destroy: route + revision + Secret")
+	assert.EqualValues(t, 3, count(func() error { return r.b.Destroy(r.ctx(), sb) }), "Destroy of the newest: route and template + revision + Secret")
 	assert.EqualValues(t, 0, count(func() error { return r.b.Destroy(r.ctx(), sb) }), "Destroy again")
 }
 
 func harnessTokenOf(t *testing.T, r *rig, sb sandboxes.Sandbox) string {
 	rev, err := r.admin.ServingV1().Revisions(r.ns).Get(context.Background(), sb.Data[DataRevision], metav1.GetOptions{})
 	require.NoError(t, err)
-	return harnessToken(rev)
+	token, err := r.b.harnessToken(context.Background(), rev)
+	require.NoError(t, err)
+	return token
+}
+
+// assertNoTokens checks that no value of spec.Env is in rev, only
+// references to the sandbox's Secret.
+func assertNoTokens(t *testing.T, rev *servingv1.Revision, spec sandboxes.Spec) {
+	t.Helper()
+	raw, err := json.Marshal(rev)
+	require.NoError(t, err)
+	for k, v := range spec.Env {
+		assert.NotContains(t, string(raw), v, "value of %s in revision %s", k, rev.Name)
+	}
+	for _, e := range rev.Spec.Containers[0].Env {
+		if _, ok := spec.Env[e.Name]; ok {
+			assert.Empty(t, e.Value, e.Name)
+			require.NotNil(t, e.ValueFrom, e.Name)
+			assert.Equal(t, &corev1.SecretKeySelector{
+				LocalObjectReference: corev1.LocalObjectReference{Name: SandboxSecretName(spec.Agent.Name, spec.ID)},
+				Key:                  e.Name,
+			}, e.ValueFrom.SecretKeyRef, e.Name)
+		}
+	}
+}
+
+func (r *rig) sandboxSecret(sb sandboxes.Sandbox) *corev1.Secret {
+	r.t.Helper()
+	s, err := r.kube.CoreV1().Secrets(r.ns).Get(context.Background(), sb.Data[DataRevision], metav1.GetOptions{})
+	require.NoError(r.t, err)
+	return s
+}
+
+func (r *rig) assertSecretGone(sb sandboxes.Sandbox) {
+	r.t.Helper()
+	_, err := r.kube.CoreV1().Secrets(r.ns).Get(context.Background(), sb.Data[DataRevision], metav1.GetOptions{})
+	assert.True(r.t, apierrors.IsNotFound(err), "secret of sandbox %s: %v", sb.ID, err)
+}
+
+// TestHarnessTokenOfOldRevision: a revision provisioned by a lapd before
+// sandbox Secrets has the token as a plain value; adoption still reads it.
+func TestHarnessTokenOfOldRevision(t *testing.T) {
+	t.Parallel()
+	rev := &servingv1.Revision{Spec: servingv1.RevisionSpec{PodSpec: corev1.PodSpec{Containers: []corev1.Container{{
+		Env: []corev1.EnvVar{{Name: "HARNESS_AUTH_TOKEN", Value: "old-tok"}},
+	}}}}}
+	token, err := (&Backend{}).harnessToken(t.Context(), rev)
+	require.NoError(t, err)
+	assert.Equal(t, "old-tok", token)
 }
 
 // TestNoWriteOnClaimPath: the Backend has exactly the contract's methods
@@ -365,6 +428,8 @@ func TestProvisionFailure(t *testing.T) {
 		_, err := r.admin.ServingV1().Revisions(r.ns).Get(r.ctx(), SandboxRevisionName("doomed", spec.ID), metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
 	}, "failed revision left behind")
+	_, err = r.kube.CoreV1().Secrets(r.ns).Get(r.ctx(), SandboxSecretName("doomed", spec.ID), metav1.GetOptions{})
+	assert.True(t, apierrors.IsNotFound(err), "failed sandbox's secret left behind: %v", err)
 
 	// The agent is fine afterwards.
 	sb, err := r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleSession))
@@ -376,8 +441,11 @@ func TestProvisionFailure(t *testing.T) {
 	delete(noToken.Env, "HARNESS_AUTH_TOKEN")
 	_, err = r.b.Provision(r.ctx(), noToken)
 	require.ErrorContains(t, err, "HARNESS_AUTH_TOKEN")
-	_, err = r.b.Provision(r.ctx(), newSpec(newAgent("never-ensured"), sandboxes.RoleSession))
+	never := newSpec(newAgent("never-ensured"), sandboxes.RoleSession)
+	_, err = r.b.Provision(r.ctx(), never)
 	require.ErrorIs(t, err, sandboxes.ErrNotFound)
+	_, err = r.kube.CoreV1().Secrets(r.ns).Get(r.ctx(), SandboxSecretName("never-ensured", never.ID), metav1.GetOptions{})
+	assert.True(t, apierrors.IsNotFound(err), "secret of a provision that wrote no Service left behind: %v", err)
 }
 
 // TestProvisionWaitsForHarness: Knative's readiness is not enough; the
@@ -517,6 +585,7 @@ func TestDestroyByID(t *testing.T) {
 		require.NoError(t, r.b.Destroy(r.ctx(), tt.bare(sb)), tt.name)
 		_, err = r.admin.ServingV1().Revisions(r.ns).Get(r.ctx(), sb.Data[DataRevision], metav1.GetOptions{})
 		assert.True(t, apierrors.IsNotFound(err), "%s: revision after destroy: %v", tt.name, err)
+		r.assertSecretGone(sb)
 		_, tagged := findTag(r.service("orphans").Spec.Traffic, sb.Data[DataTag])
 		assert.False(t, tagged, "%s: tag after destroy", tt.name)
 		r.eventually(func() bool { return len(r.mustList()) == 0 }, "%s: List after destroy", tt.name)

@@ -107,6 +107,13 @@ func SandboxRevisionName(agentName, sandboxID string) string {
 	return agentName + "-" + SandboxTag(sandboxID)
 }
 
+// SandboxSecretName is the Secret of a sandbox's own environment: named
+// as its revision, so a sandbox's record (or its revision) is enough to
+// find it, and never like an agent's "<agent>-secrets".
+func SandboxSecretName(agentName, sandboxID string) string {
+	return SandboxRevisionName(agentName, sandboxID)
+}
+
 // isSandboxTag tells lap's sandbox tags from any other tag on a route.
 func isSandboxTag(tag string) bool { return strings.HasPrefix(tag, "s-") }
 
@@ -143,6 +150,35 @@ func MakeSecret(agent sandboxes.AgentSpec, p Params, baseToken string) *corev1.S
 		Type: corev1.SecretTypeOpaque,
 		Data: data,
 	}
+}
+
+// MakeSandboxSecret builds the Secret of a sandbox's own environment
+// (spec.Env: its harness and gateway tokens), which its revision reads key
+// by key, so no token is in a Revision. owner, when known, lets
+// Kubernetes' garbage collector delete it with the agent's Service.
+func MakeSandboxSecret(spec sandboxes.Spec, p Params, owner *metav1.OwnerReference) *corev1.Secret {
+	data := make(map[string][]byte, len(spec.Env))
+	for k, v := range spec.Env {
+		if !slices.Contains(reservedEnv, k) {
+			data[k] = []byte(v)
+		}
+	}
+	labels := agentLabels(spec.Agent)
+	labels[LabelSandboxID] = spec.ID
+	s := &corev1.Secret{
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      SandboxSecretName(spec.Agent.Name, spec.ID),
+			Namespace: p.Namespace,
+			Labels:    labels,
+		},
+		Type: corev1.SecretTypeOpaque,
+		Data: data,
+	}
+	if owner != nil {
+		s.OwnerReferences = []metav1.OwnerReference{*owner}
+	}
+	return s
 }
 
 // MakeService builds a new agent's Service: the base revision as the
@@ -217,12 +253,14 @@ func MakeBaseTemplate(agent sandboxes.AgentSpec, p Params) servingv1.RevisionTem
 // MakeSandboxTemplate builds a sandbox's revision: one pod, no more and no
 // fewer, while its tag is in the route.
 func MakeSandboxTemplate(spec sandboxes.Spec, p Params) servingv1.RevisionTemplateSpec {
+	// spec.Env overrides the agent's env, from the sandbox's Secret.
 	env := maps.Clone(spec.Agent.Env)
-	if env == nil {
-		env = map[string]string{}
+	for k := range spec.Env {
+		delete(env, k)
 	}
-	maps.Copy(env, spec.Env)
 	c := harnessContainer(spec.Agent, p, env)
+	c.Env = append(c.Env, secretEnv(SandboxSecretName(spec.Agent.Name, spec.ID), spec.Env)...)
+	sortEnv(c.Env)
 	c.EnvFrom = []corev1.EnvFromSource{{SecretRef: &corev1.SecretEnvSource{
 		LocalObjectReference: corev1.LocalObjectReference{Name: SecretName(spec.Agent.Name)},
 	}}}
@@ -260,6 +298,24 @@ func revisionSpec(c corev1.Container, p Params) servingv1.RevisionSpec {
 		ContainerConcurrency: ptr[int64](0),
 		TimeoutSeconds:       ptr(p.TimeoutSeconds),
 	}
+}
+
+// secretEnv reads each key of env from the Secret of that name, as the
+// variable of the same name.
+func secretEnv(secret string, env map[string]string) []corev1.EnvVar {
+	vars := make([]corev1.EnvVar, 0, len(env))
+	for k := range env {
+		if slices.Contains(reservedEnv, k) {
+			continue
+		}
+		vars = append(vars, corev1.EnvVar{Name: k, ValueFrom: &corev1.EnvVarSource{
+			SecretKeyRef: &corev1.SecretKeySelector{
+				LocalObjectReference: corev1.LocalObjectReference{Name: secret},
+				Key:                  k,
+			},
+		}})
+	}
+	return vars
 }
 
 // reservedEnv are set by Knative itself and refused in a template.

@@ -239,12 +239,18 @@ func TestMakeService(t *testing.T) {
 
 func TestMakeSandboxTemplate(t *testing.T) {
 	t.Parallel()
+	fromSecret := func(key string) *corev1.EnvVarSource {
+		return &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "reviewer-s-2e3f4a5b"},
+			Key:                  key,
+		}}
+	}
 	env := append(agentEnv(),
-		corev1.EnvVar{Name: "HARNESS_AUTH_TOKEN", Value: "tok-" + testSandboxID},
+		corev1.EnvVar{Name: "HARNESS_AUTH_TOKEN", ValueFrom: fromSecret("HARNESS_AUTH_TOKEN")},
 		corev1.EnvVar{Name: "HOME", Value: "/tmp"},
 		corev1.EnvVar{Name: "LAP_MODEL", Value: "mock/tools"},
 		corev1.EnvVar{Name: "LITELLM_API_BASE", Value: "http://lapd.lap-system.svc.cluster.local/llm"},
-		corev1.EnvVar{Name: "LITELLM_API_KEY", Value: "lapsb_" + testSandboxID},
+		corev1.EnvVar{Name: "LITELLM_API_KEY", ValueFrom: fromSecret("LITELLM_API_KEY")},
 		corev1.EnvVar{Name: "REPO_URL", Value: "https://git.example/acme/app.git"},
 		corev1.EnvVar{Name: "WORKSPACE", Value: "/workspace"},
 	)
@@ -303,6 +309,36 @@ func TestMakeSecret(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, MakeSecret(testAgent(), testParams(), "base-tok")); diff != "" {
 		t.Errorf("MakeSecret (-want +got):\n%s", diff)
+	}
+}
+
+func TestMakeSandboxSecret(t *testing.T) {
+	t.Parallel()
+	owner := &metav1.OwnerReference{APIVersion: "serving.knative.dev/v1", Kind: "Service", Name: "reviewer", UID: "svc-uid"}
+	want := &corev1.Secret{
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      "reviewer-s-2e3f4a5b",
+			Namespace: "lap-agents",
+			Labels: map[string]string{
+				"app.kubernetes.io/managed-by": "lap",
+				"lap.dev/agent-id":             testAgentID,
+				"lap.dev/sandbox-id":           testSandboxID,
+			},
+			OwnerReferences: []metav1.OwnerReference{*owner},
+		},
+		Type: corev1.SecretTypeOpaque,
+		// PORT is Knative's, so neither in the template nor here.
+		Data: map[string][]byte{
+			"HARNESS_AUTH_TOKEN": []byte("tok-" + testSandboxID),
+			"LITELLM_API_KEY":    []byte("lapsb_" + testSandboxID),
+		},
+	}
+	if diff := cmp.Diff(want, MakeSandboxSecret(testSpec(testSandboxID, sandboxes.RoleWarm), testParams(), owner)); diff != "" {
+		t.Errorf("MakeSandboxSecret (-want +got):\n%s", diff)
+	}
+	if got := MakeSandboxSecret(testSpec(testSandboxID, sandboxes.RoleWarm), testParams(), nil); got.OwnerReferences != nil {
+		t.Errorf("no owner known: OwnerReferences = %v, want none", got.OwnerReferences)
 	}
 }
 

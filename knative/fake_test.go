@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"knative.dev/pkg/apis"
 	duckv1 "knative.dev/pkg/apis/duck/v1"
@@ -42,7 +43,9 @@ import (
 // route's status, which is how a sandbox scales to zero and back.
 type fakeKnative struct {
 	client servingclient.Interface
-	ns     string
+	// kube reads what a kubelet reads: the Secrets a pod's env refers to.
+	kube kubernetes.Interface
+	ns   string
 
 	ingress *httptest.Server
 
@@ -105,10 +108,11 @@ func (p *fakePod) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // startFakeKnative runs the fake for namespace ns until t ends.
-func startFakeKnative(t testing.TB, client servingclient.Interface, ns string) *fakeKnative {
+func startFakeKnative(t testing.TB, client servingclient.Interface, kube kubernetes.Interface, ns string) *fakeKnative {
 	t.Helper()
 	f := &fakeKnative{
 		client:  client,
+		kube:    kube,
 		ns:      ns,
 		pods:    map[string]*fakePod{},
 		hosts:   map[string]string{},
@@ -221,8 +225,8 @@ func (f *fakeKnative) reconcileAll(ctx context.Context) {
 	f.reconcileMu.Lock()
 	defer f.reconcileMu.Unlock()
 	svcs, _ := f.services.List(labels.Everything())
-	routed := map[string]string{} // revision → token, of every routed tag
-	hosts := map[string]string{}  // tag host → revision
+	routed := map[string]*servingv1.Revision{} // of every routed tag
+	hosts := map[string]string{}               // tag host → revision
 	routes := map[string]map[string]string{}
 	for _, svc := range svcs {
 		if svc.DeletionTimestamp != nil {
@@ -245,7 +249,7 @@ func (f *fakeKnative) reconcileAll(ctx context.Context) {
 			if err != nil {
 				continue
 			}
-			routed[rev.Name] = harnessToken(rev)
+			routed[rev.Name] = rev
 			hosts[t.URL.Host] = rev.Name
 			routes[routeHost][t.Tag] = rev.Name
 		}
@@ -260,12 +264,37 @@ func (f *fakeKnative) reconcileAll(ctx context.Context) {
 			delete(f.pods, rev) // scaled to zero
 		}
 	}
-	for rev, token := range routed {
-		if f.pods[rev] == nil {
-			f.pods[rev] = &fakePod{token: token, warmupLeft: f.warmup}
+	for name, rev := range routed {
+		if f.pods[name] != nil {
+			continue
+		}
+		if token, ok := f.podToken(ctx, rev); ok {
+			f.pods[name] = &fakePod{token: token, warmupLeft: f.warmup}
 			f.podsStarted++
 		}
 	}
+}
+
+// podToken is the HARNESS_AUTH_TOKEN a pod of rev gets, as a kubelet
+// resolves it: a plain value, or a key of a Secret. Without the Secret a
+// pod does not start (CreateContainerConfigError), until it exists.
+func (f *fakeKnative) podToken(ctx context.Context, rev *servingv1.Revision) (string, bool) {
+	for _, e := range rev.Spec.Containers[0].Env {
+		if e.Name != "HARNESS_AUTH_TOKEN" {
+			continue
+		}
+		if e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil {
+			return e.Value, true
+		}
+		ref := e.ValueFrom.SecretKeyRef
+		s, err := f.kube.CoreV1().Secrets(f.ns).Get(ctx, ref.Name, metav1.GetOptions{})
+		if err != nil {
+			return "", false
+		}
+		token, ok := s.Data[ref.Key]
+		return string(token), ok
+	}
+	return "", true
 }
 
 // reconcile is the service, configuration, revision and route reconcilers

@@ -164,7 +164,7 @@ func newRig(t testing.TB, namespace string, opts ...rigOption) *rig {
 	if err != nil && !strings.Contains(err.Error(), "already exists") {
 		require.NoError(t, err)
 	}
-	r.fake = startFakeKnative(t, r.admin, r.ns)
+	r.fake = startFakeKnative(t, r.admin, r.kube, r.ns)
 	r.client = r.fake.httpClient()
 
 	env := map[string]string{

@@ -150,15 +150,25 @@ func TestKnativeAcceptsLifecycle(t *testing.T) {
 	knativeRevision(ctx, t, svc)
 	require.Equal(t, "reviewer-g4", svc.Spec.Traffic[0].RevisionName)
 
-	// The agent's Secret is a valid Kubernetes Secret.
-	secret := MakeSecret(agent, p, "base-tok")
-	if errs := validation.IsDNS1123Subdomain(secret.Name); len(errs) > 0 {
-		t.Errorf("Secret name %q: %v", secret.Name, errs)
-	}
-	for k := range secret.Data {
-		if errs := validation.IsConfigMapKey(k); len(errs) > 0 {
-			t.Errorf("Secret key %q: %v", k, errs)
+	// The agent's Secret and a sandbox's are valid Kubernetes Secrets.
+	for _, secret := range []*corev1.Secret{
+		MakeSecret(agent, p, "base-tok"),
+		MakeSandboxSecret(testSpec(ids[0], sandboxes.RoleWarm), p, nil),
+	} {
+		if errs := validation.IsDNS1123Subdomain(secret.Name); len(errs) > 0 {
+			t.Errorf("Secret name %q: %v", secret.Name, errs)
 		}
+		for k := range secret.Data {
+			if errs := validation.IsConfigMapKey(k); len(errs) > 0 {
+				t.Errorf("Secret %s key %q: %v", secret.Name, k, errs)
+			}
+		}
+	}
+	// The longest agent name still gives a valid sandbox Secret name.
+	long := strings.Repeat("a", 40)
+	require.NoError(t, ValidateAgentName(long))
+	if errs := validation.IsDNS1123Subdomain(SandboxSecretName(long, ids[0])); len(errs) > 0 {
+		t.Errorf("sandbox Secret name of a 40-character agent: %v", errs)
 	}
 }
 

@@ -82,6 +82,7 @@ func TestLapOnKnative(t *testing.T) {
 			assert.Equal(t, sandboxes.RoleWarm, labels[knative.LabelRole], rev)
 			_, all := r.pods(rev)
 			assert.Len(t, all, 1, "min-scale = max-scale = 1: one pod for %s", rev)
+			r.assertTokensInSecret(rev)
 		}
 	})
 
@@ -100,6 +101,10 @@ func TestLapOnKnative(t *testing.T) {
 		for _, w := range r.writesSettled(from, to) {
 			if rev, ok := w.newSandboxTemplate(before); ok {
 				t.Logf("pool refill during the claim: %s (%s)", w, rev)
+				continue
+			}
+			if secret, ok := w.newSandboxSecret(before); ok {
+				t.Logf("pool refill during the claim: %s (%s)", w, secret)
 				continue
 			}
 			t.Errorf("the claim wrote to the API: %s", w)
@@ -155,9 +160,10 @@ func TestLapOnKnative(t *testing.T) {
 		assert.Len(t, now, len(before), "no sandbox provisioned for what was adopted")
 	})
 
-	s.step("session deleted → its revision gone", func() {
+	s.step("session deleted → its revision and Secret gone", func() {
 		r.mustCall(http.MethodDelete, "/sessions/"+sess.ID, nil, nil)
 		r.eventually("revision "+claimed+" deleted", 2*time.Minute, func() bool { return !r.revisionExists(claimed) }, nil)
+		r.eventually("Secret "+claimed+" deleted", time.Minute, func() bool { return !slices.Contains(r.sandboxSecrets(agent.ID), claimed) }, nil)
 		spec, _ := sandboxTags(r.service(name))
 		assert.NotContains(t, spec, tag)
 	})
@@ -201,10 +207,10 @@ func TestLapOnKnative(t *testing.T) {
 
 	s.step("agent deleted → Service gone", func() {
 		r.mustCall(http.MethodDelete, "/agents/"+name, nil, nil)
-		r.eventually("Service, Secret and revisions gone", 2*time.Minute, func() bool {
+		r.eventually("Service, Secrets and revisions gone", 2*time.Minute, func() bool {
 			_, err := r.kube.CoreV1().Secrets(agentsNS).Get(context.Background(), knative.SecretName(name), metav1.GetOptions{})
-			return r.service(name) == nil && apierrors.IsNotFound(err) && len(r.sandboxRevisions(name)) == 0
-		}, nil)
+			return r.service(name) == nil && apierrors.IsNotFound(err) && len(r.sandboxRevisions(name)) == 0 && len(r.sandboxSecrets(agent.ID)) == 0
+		}, func() string { return fmt.Sprintf("sandbox secrets %v", r.sandboxSecrets(agent.ID)) })
 		r.eventually("every sandbox pod gone", 3*time.Minute, func() bool {
 			list, err := r.kube.CoreV1().Pods(agentsNS).List(context.Background(), metav1.ListOptions{})
 			return err == nil && len(list.Items) == 0

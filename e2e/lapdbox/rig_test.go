@@ -24,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -354,6 +355,41 @@ func (r *rig) sandboxRevisions(agent string) map[string]map[string]string {
 	return out
 }
 
+// sandboxSecrets lists the names of an agent's sandbox Secrets.
+func (r *rig) sandboxSecrets(agentID string) []string {
+	r.t.Helper()
+	list, err := r.kube.CoreV1().Secrets(agentsNS).List(context.Background(), metav1.ListOptions{
+		LabelSelector: knative.LabelAgentID + "=" + agentID + "," + knative.LabelSandboxID,
+	})
+	require.NoError(r.t, err)
+	var out []string
+	for _, s := range list.Items {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// assertTokensInSecret checks that a sandbox revision carries no token,
+// only references to its Secret, which holds them.
+func (r *rig) assertTokensInSecret(revision string) {
+	r.t.Helper()
+	rev, err := r.sc.ServingV1().Revisions(agentsNS).Get(context.Background(), revision, metav1.GetOptions{})
+	require.NoError(r.t, err)
+	secret, err := r.kube.CoreV1().Secrets(agentsNS).Get(context.Background(), revision, metav1.GetOptions{})
+	require.NoError(r.t, err, "the sandbox Secret of %s", revision)
+	for _, key := range []string{"HARNESS_AUTH_TOKEN", "LITELLM_API_KEY"} {
+		assert.NotEmpty(r.t, secret.Data[key], "%s in the Secret of %s", key, revision)
+		for _, e := range rev.Spec.Containers[0].Env {
+			if e.Name == key {
+				assert.Empty(r.t, e.Value, "%s as a plain value in %s", key, revision)
+				if assert.NotNil(r.t, e.ValueFrom, key) && assert.NotNil(r.t, e.ValueFrom.SecretKeyRef, key) {
+					assert.Equal(r.t, revision, e.ValueFrom.SecretKeyRef.Name, key)
+				}
+			}
+		}
+	}
+}
+
 // eventually polls cond until it holds, failing the test after timeout
 // with what describe says about the last state.
 func (r *rig) eventually(what string, timeout time.Duration, cond func() bool, describe func() string) {
@@ -425,6 +461,20 @@ func (e auditEvent) newSandboxTemplate(existing map[string]map[string]string) (s
 	name := svc.Spec.Template.Name
 	_, known := existing[name]
 	return name, svc.Spec.Template.Labels[knative.LabelSandboxID] != "" && !known
+}
+
+// newSandboxSecret reports whether a write creates the Secret of a
+// sandbox revision not in existing: the first write of a provision.
+func (e auditEvent) newSandboxSecret(existing map[string]map[string]string) (string, bool) {
+	if e.ObjectRef.Resource != "secrets" || e.Verb != "create" {
+		return "", false
+	}
+	var s corev1.Secret
+	if json.Unmarshal(e.RequestObject, &s) != nil {
+		return "", false
+	}
+	_, known := existing[s.Name]
+	return s.Name, s.Labels[knative.LabelSandboxID] != "" && !known
 }
 
 // echo is the fake LLM's answer: every user message of the conversation
