@@ -413,9 +413,10 @@ func sandboxSecretsOf(agentID string) string {
 }
 
 // Provision creates the sandbox's Secret (its tokens), then adds its
-// revision and tag to the agent's Service in one update, waits until Knative has created the revision (so the next
-// template update of the agent cannot skip it), then, without holding the
-// agent, until the revision is ready, routed, and its harness answers.
+// revision and tag to the agent's Service in one update, waits until
+// Knative has created the revision (so the next template update of the
+// agent cannot skip it), then, without holding the agent, until the
+// revision is ready, routed, and its harness answers.
 func (b *Backend) Provision(ctx context.Context, spec sandboxes.Spec) (sandboxes.Sandbox, error) {
 	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.ReadyTimeout)
