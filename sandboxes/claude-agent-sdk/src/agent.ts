@@ -87,7 +87,6 @@ export class Agent {
       // ours keeps the two ids trivially matched in logs.
       sdkSessionId: id,
       costTotal: 0,
-      seedHistory: history.length > 0,
       messages: history.map((m) => seeded(m, id)),
     };
     this.store.save(rec);
@@ -207,9 +206,6 @@ export class Agent {
     }
     const final = turn.finish(cost);
     rec.updated = Date.now();
-    if (rec.seedHistory && (await this.hasTranscript(rec.sdkSessionId, this.cfg.repoDir).catch(() => false))) {
-      rec.seedHistory = false;
-    }
     this.save(rec);
     const error = final.info.error;
     if (error) {

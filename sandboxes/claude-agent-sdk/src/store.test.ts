@@ -14,7 +14,6 @@ function rec(id: string): SessionRecord {
     updated: 1,
     sdkSessionId: id,
     costTotal: 0,
-    seedHistory: false,
     messages: [
       { info: { id: "u", role: "user", time: { created: 1 }, tokens: { input: 0, output: 0 }, cost: 0 }, parts: [{ type: "text", text: "hi" }] },
       {

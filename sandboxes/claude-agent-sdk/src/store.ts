@@ -17,8 +17,6 @@ export interface SessionRecord {
   sdkSessionId: string;
   /** The SDK's running cost total after the last turn (it is cumulative). */
   costTotal: number;
-  /** True while history given at creation still has to reach the SDK. */
-  seedHistory: boolean;
   /** The conversation as the protocol shows it, oldest first. */
   messages: Message[];
 }
