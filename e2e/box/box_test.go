@@ -194,7 +194,7 @@ func steps(b *box.Box) string {
 func waitService(t *testing.T, ctx context.Context, b *box.Box, ns, name string, cond func(*servingv1.Service) bool) *servingv1.Service {
 	t.Helper()
 	var last *servingv1.Service
-	ok := poll(ctx, 3*time.Minute, func() bool {
+	ok := box.Poll(ctx, 3*time.Minute, 100*time.Millisecond, func() bool {
 		s, err := b.Serving().ServingV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false
@@ -218,7 +218,7 @@ func waitPods(t *testing.T, ctx context.Context, b *box.Box, ns, revision string
 		sel = serving.RevisionLabelKey + "=" + revision
 	}
 	var pods []corev1.Pod
-	ok := poll(ctx, 3*time.Minute, func() bool {
+	ok := box.Poll(ctx, 3*time.Minute, 100*time.Millisecond, func() bool {
 		list, err := b.Kube().CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: sel})
 		if err != nil {
 			return false
@@ -238,24 +238,6 @@ func waitPods(t *testing.T, ctx context.Context, b *box.Box, ns, revision string
 		t.Fatalf("revision %q: want %d pods, have %d", revision, n, len(pods))
 	}
 	return pods
-}
-
-// poll checks cond every 100ms until it holds or timeout passes.
-func poll(ctx context.Context, timeout time.Duration, cond func() bool) bool {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if cond() {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-tick.C:
-		}
-	}
 }
 
 func tagURL(s *servingv1.Service, tag string) string {

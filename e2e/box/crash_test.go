@@ -58,7 +58,7 @@ func TestCrashedBoxIsSwept(t *testing.T) {
 		Slot       int    `json:"slot"`
 		Kubeconfig string `json:"kubeconfig"`
 	}
-	require.True(t, poll(ctx, 4*time.Minute, func() bool {
+	require.True(t, box.Poll(ctx, 4*time.Minute, 100*time.Millisecond, func() bool {
 		b, err := os.ReadFile(filepath.Join(dir, "box", "box.json"))
 		return err == nil && json.Unmarshal(b, &state) == nil
 	}), "the box did not come up")
@@ -93,7 +93,7 @@ func TestCrashedBoxIsSwept(t *testing.T) {
 		},
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
-	require.True(t, poll(ctx, 2*time.Minute, func() bool {
+	require.True(t, box.Poll(ctx, 2*time.Minute, 100*time.Millisecond, func() bool {
 		pods, err := kube.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=crash"})
 		return err == nil && len(pods.Items) == 1 && pods.Items[0].Status.Phase == corev1.PodRunning
 	}), "the pod did not start")
@@ -105,7 +105,7 @@ func TestCrashedBoxIsSwept(t *testing.T) {
 	require.NoError(t, cmd.Process.Kill())
 	<-exited
 	// The processes die with the box's (parent-death signal).
-	require.True(t, poll(ctx, time.Minute, func() bool {
+	require.True(t, box.Poll(ctx, time.Minute, 100*time.Millisecond, func() bool {
 		left, err := boxnet.Leftovers(ctx, state.Slot)
 		return err == nil && count(left, "process ") == 0
 	}), "processes of the killed box live on")

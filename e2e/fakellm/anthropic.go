@@ -203,38 +203,14 @@ func keys(m map[string]bool) []string {
 	return out
 }
 
-func (s *Server) serveAnthropicMessages(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		writeAnthropicError(w, http.StatusBadRequest, "read body: "+err.Error(), nil)
-		return
-	}
-	req, bad := parseAnthropicMessages(body)
-	if bad == nil {
-		bad = checkAnthropicConversation(req.Messages)
-	}
-	req.Format, req.Method, req.Path, req.Header, req.Body = FormatAnthropicMessages, r.Method, r.URL.Path, r.Header.Clone(), body
-	req, reply := s.record(req, bad == nil)
-	if bad != nil {
-		writeAnthropicError(w, http.StatusBadRequest, bad.Error(), nil)
-		return
-	}
-	if reply.Status >= 400 {
-		writeAnthropicError(w, reply.Status, reply.Error, reply.Header)
-		return
-	}
-	for k, v := range reply.Header {
-		w.Header().Set(k, v)
-	}
-	if req.Stream {
-		s.streamAnthropicMessages(w, r, req, reply)
-		return
-	}
-	if reply.Hang {
-		s.hang(r.Context())
-		return
-	}
-	writeJSON(w, http.StatusOK, anthropicMessage(req, reply))
+// anthropicMessages serves POST /v1/messages.
+var anthropicMessages = wire{
+	format: FormatAnthropicMessages,
+	parse:  parseAnthropicMessages,
+	check:  checkAnthropicConversation,
+	fail:   writeAnthropicError,
+	whole:  anthropicMessage,
+	stream: (*Server).streamAnthropicMessages,
 }
 
 // serveAnthropicCountTokens answers POST /v1/messages/count_tokens.
@@ -318,10 +294,7 @@ func anthropicMessage(req Request, reply Reply) any {
 // streamAnthropicMessages writes reply as the Messages event stream.
 func (s *Server) streamAnthropicMessages(w http.ResponseWriter, r *http.Request, req Request, reply Reply) {
 	ctx := r.Context()
-	flusher, _ := w.(http.Flusher)
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
+	events := startSSE(w)
 
 	u := usage(req, reply)
 	send := func(event string, data any) error {
@@ -329,11 +302,8 @@ func (s *Server) streamAnthropicMessages(w http.ResponseWriter, r *http.Request,
 		if err != nil {
 			return err
 		}
-		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b); err != nil {
+		if err := events.write(event, b); err != nil {
 			return err
-		}
-		if flusher != nil {
-			flusher.Flush()
 		}
 		return s.pause(ctx, reply.ChunkDelay)
 	}

@@ -15,8 +15,8 @@
 // (Server, Reply, Request, Message, the script); openai.go parses OpenAI
 // chat-completions requests into a Request and writes a Reply in that
 // format, anthropic.go does the same for the Messages API. Another format
-// is added as one more file with a route in routes, a parser to Request and
-// a writer of Reply, reusing the script and the recording unchanged.
+// is added as one more file with a wire (a parser to Request and a writer of
+// Reply) served from routes, reusing the script and the recording unchanged.
 package fakellm
 
 import (
@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"slices"
@@ -264,11 +265,11 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/chat/completions"):
-			s.serveOpenAIChat(w, r)
+			s.serve(w, r, openAIChat)
 		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/messages/count_tokens"):
 			s.serveAnthropicCountTokens(w, r)
 		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/messages"):
-			s.serveAnthropicMessages(w, r)
+			s.serve(w, r, anthropicMessages)
 		case r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/models"):
 			s.serveOpenAIModels(w, r)
 		default:
@@ -402,6 +403,86 @@ func (s *Server) record(req Request, valid bool) (Request, Reply) {
 		}
 	}
 	return req, reply
+}
+
+// wire is what one wire format plugs into serve: how a request is parsed
+// and checked, how an error is reported, and how a reply is written whole
+// or streamed.
+type wire struct {
+	format Format
+	parse  func(body []byte) (Request, error)
+	check  func([]Message) error
+	fail   func(w http.ResponseWriter, status int, message string, header map[string]string)
+	whole  func(Request, Reply) any
+	stream func(*Server, http.ResponseWriter, *http.Request, Request, Reply)
+}
+
+// serve answers one completion request in format f. The flow (read,
+// parse, check, record, then fail, stream, hang or answer) is the same
+// for every format; only the wire's pieces differ.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, f wire) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		f.fail(w, http.StatusBadRequest, "read body: "+err.Error(), nil)
+		return
+	}
+	req, bad := f.parse(body)
+	if bad == nil {
+		bad = f.check(req.Messages)
+	}
+	req.Format, req.Method, req.Path, req.Header, req.Body = f.format, r.Method, r.URL.Path, r.Header.Clone(), body
+	req, reply := s.record(req, bad == nil)
+	if bad != nil {
+		f.fail(w, http.StatusBadRequest, bad.Error(), nil)
+		return
+	}
+	if reply.Status >= 400 {
+		f.fail(w, reply.Status, reply.Error, reply.Header)
+		return
+	}
+	for k, v := range reply.Header {
+		w.Header().Set(k, v)
+	}
+	if req.Stream {
+		f.stream(s, w, r, req, reply)
+		return
+	}
+	if reply.Hang {
+		s.hang(r.Context())
+		return
+	}
+	writeJSON(w, http.StatusOK, f.whole(req, reply))
+}
+
+// sse is a response of server-sent events, which both formats stream.
+type sse struct {
+	w       http.ResponseWriter
+	flusher http.Flusher
+}
+
+// startSSE answers 200 with an event stream.
+func startSSE(w http.ResponseWriter) sse {
+	flusher, _ := w.(http.Flusher)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	return sse{w: w, flusher: flusher}
+}
+
+// write sends one event, with an event: line when event is not empty,
+// and flushes it so the client sees it at once.
+func (e sse) write(event string, data []byte) error {
+	msg := "data: " + string(data) + "\n\n"
+	if event != "" {
+		msg = "event: " + event + "\n" + msg
+	}
+	if _, err := io.WriteString(e.w, msg); err != nil {
+		return err
+	}
+	if e.flusher != nil {
+		e.flusher.Flush()
+	}
+	return nil
 }
 
 // hang blocks until the request is cancelled or the server closes.

@@ -7,7 +7,6 @@ package fakellm
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -134,38 +133,14 @@ func checkOpenAIConversation(msgs []Message) error {
 	return nil
 }
 
-func (s *Server) serveOpenAIChat(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		writeOpenAIError(w, http.StatusBadRequest, "read body: "+err.Error(), nil)
-		return
-	}
-	req, bad := parseOpenAIChat(body)
-	if bad == nil {
-		bad = checkOpenAIConversation(req.Messages)
-	}
-	req.Format, req.Method, req.Path, req.Header, req.Body = FormatOpenAIChat, r.Method, r.URL.Path, r.Header.Clone(), body
-	req, reply := s.record(req, bad == nil)
-	if bad != nil {
-		writeOpenAIError(w, http.StatusBadRequest, bad.Error(), nil)
-		return
-	}
-	if reply.Status >= 400 {
-		writeOpenAIError(w, reply.Status, reply.Error, reply.Header)
-		return
-	}
-	for k, v := range reply.Header {
-		w.Header().Set(k, v)
-	}
-	if req.Stream {
-		s.streamOpenAIChat(w, r, req, reply)
-		return
-	}
-	if reply.Hang {
-		s.hang(r.Context())
-		return
-	}
-	writeJSON(w, http.StatusOK, openAICompletion(req, reply))
+// openAIChat serves POST /v1/chat/completions.
+var openAIChat = wire{
+	format: FormatOpenAIChat,
+	parse:  parseOpenAIChat,
+	check:  checkOpenAIConversation,
+	fail:   writeOpenAIError,
+	whole:  openAICompletion,
+	stream: (*Server).streamOpenAIChat,
 }
 
 // openAIChoiceMessage is the assistant message of a non-streamed answer.
@@ -264,10 +239,7 @@ type openAIDelta struct {
 // pieces), the finish reason, the usage when asked for, and [DONE].
 func (s *Server) streamOpenAIChat(w http.ResponseWriter, r *http.Request, req Request, reply Reply) {
 	ctx := r.Context()
-	flusher, _ := w.(http.Flusher)
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
+	events := startSSE(w)
 
 	created := time.Now().Unix()
 	send := func(choices []openAIChoice, u *openAIUsage) error {
@@ -280,11 +252,8 @@ func (s *Server) streamOpenAIChat(w http.ResponseWriter, r *http.Request, req Re
 			// The real API sends "usage": null on every other chunk.
 			b = append(b[:len(b)-1], []byte(`,"usage":null}`)...)
 		}
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
+		if err := events.write("", b); err != nil {
 			return err
-		}
-		if flusher != nil {
-			flusher.Flush()
 		}
 		return s.pause(ctx, reply.ChunkDelay)
 	}
@@ -301,10 +270,7 @@ func (s *Server) streamOpenAIChat(w http.ResponseWriter, r *http.Request, req Re
 	}
 	if reply.StreamError != "" {
 		b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": reply.StreamError, "type": "server_error", "param": nil, "code": nil}})
-		fmt.Fprintf(w, "data: %s\n\n", b)
-		if flusher != nil {
-			flusher.Flush()
-		}
+		_ = events.write("", b)
 		return
 	}
 	if reply.Hang {
@@ -335,10 +301,7 @@ func (s *Server) streamOpenAIChat(w http.ResponseWriter, r *http.Request, req Re
 			return
 		}
 	}
-	fmt.Fprint(w, "data: [DONE]\n\n")
-	if flusher != nil {
-		flusher.Flush()
-	}
+	_ = events.write("", []byte("[DONE]"))
 }
 
 func (s *Server) serveOpenAIModels(w http.ResponseWriter, _ *http.Request) {

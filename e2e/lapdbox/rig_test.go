@@ -180,7 +180,7 @@ func (r *rig) startLapd() {
 	})
 	require.NoError(r.t, err)
 	r.lapd = p
-	ok := poll(context.Background(), 2*time.Minute, func() bool {
+	ok := box.Poll(context.Background(), 2*time.Minute, 50*time.Millisecond, func() bool {
 		if _, exited := p.Exited(); exited {
 			return true
 		}
@@ -394,7 +394,7 @@ func (r *rig) assertTokensInSecret(revision string) {
 // with what describe says about the last state.
 func (r *rig) eventually(what string, timeout time.Duration, cond func() bool, describe func() string) {
 	r.t.Helper()
-	if !poll(context.Background(), timeout, cond) {
+	if !box.Poll(context.Background(), timeout, 50*time.Millisecond, cond) {
 		msg := ""
 		if describe != nil {
 			msg = describe()
@@ -537,24 +537,6 @@ func steps(b *box.Box) string {
 		parts = append(parts, fmt.Sprintf("%s %s", s.Name, s.Took.Round(time.Millisecond)))
 	}
 	return strings.Join(parts, ", ")
-}
-
-// poll checks cond every 50ms until it holds or timeout passes.
-func poll(ctx context.Context, timeout time.Duration, cond func() bool) bool {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if cond() {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-tick.C:
-		}
-	}
 }
 
 func randomHex(n int) string {
