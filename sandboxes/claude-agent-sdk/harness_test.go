@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,8 +24,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"lap.dev/lap/control/gateway/mockllm"
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/sandboxes/protocol"
 )
@@ -354,4 +357,260 @@ func indexOf(list []string, s string, from int) int {
 		}
 	}
 	return -1
+}
+
+// The flows below are shared by the claude-agent-sdk and opencode tests:
+// the same scripted conversation and checks, each test adding what only its
+// harness does.
+
+const (
+	fixPrompt  = "Fix the README"
+	slowPrompt = "Run the slow job"
+	askPrompt  = "What did I ask"
+)
+
+// dialect is how one agent names its tools and their inputs, and what the
+// script answers to side requests (titles, summaries: they offer no tools).
+type dialect struct {
+	read, edit, bash               string
+	filePath, oldString, newString string
+	side                           string
+}
+
+var (
+	claudeCode = dialect{"Read", "Edit", "Bash", "file_path", "old_string", "new_string", "ok"}
+	opencode   = dialect{"read", "edit", "bash", "filePath", "oldString", "newString", "A title"}
+)
+
+// editScript is the fake model behind the harness tests, chosen by the
+// turn's prompt and step: read, edit and run git in the repo; run a slow
+// job (to abort); recall the first turn (after a restart).
+func editScript(d dialect, readme string) fakellm.Responder {
+	return func(r fakellm.Request) fakellm.Reply {
+		if len(r.Tools) == 0 {
+			return fakellm.Text(d.side)
+		}
+		prompt, step := turn(r, fixPrompt, slowPrompt, askPrompt)
+		switch prompt {
+		case fixPrompt:
+			switch step {
+			case 0:
+				return fakellm.Reply{Text: "Let me read it first.", ToolCalls: []fakellm.ToolCall{fakellm.Call(d.read, map[string]any{d.filePath: readme})}}
+			case 1:
+				return fakellm.CallTool(d.edit, map[string]any{d.filePath: readme, d.oldString: "hello world", d.newString: "hello from the agent"})
+			case 2:
+				return fakellm.CallTool(d.bash, map[string]any{"command": "git diff --stat && grep -c agent README.md && echo secrets=${HARNESS_AUTH_TOKEN:-none}/${GIT_TOKEN:-none}", "description": "Show the change"})
+			default:
+				return fakellm.Text("I edited README.md.")
+			}
+		case slowPrompt:
+			if step == 0 {
+				return fakellm.CallTool(d.bash, map[string]any{"command": "echo started > slow.txt && sleep 120 && echo finished >> slow.txt", "description": "Run the slow job"})
+			}
+			return fakellm.Text("The job finished.")
+		case askPrompt:
+			if r.Contains(fixPrompt) && r.Contains("I edited README.md.") {
+				return fakellm.Text("You asked me to fix the README.")
+			}
+			return fakellm.Text("I do not remember.")
+		}
+		return fakellm.Text("unexpected prompt")
+	}
+}
+
+// editRun is one harness started for the edit/abort/restart flow, on a
+// clone of gitRepo behind the scripted model.
+type editRun struct {
+	h      *harness
+	f      *fakellm.Server
+	entry  string
+	ws     string
+	readme string
+	env    map[string]string
+}
+
+func startEditRun(t *testing.T, entry string, d dialect) *editRun {
+	t.Helper()
+	f := fakellm.Start(t)
+	ws := t.TempDir()
+	readme := filepath.Join(ws, "repo", "README.md")
+	f.Respond(editScript(d, readme))
+	env := map[string]string{
+		"REPO_URL":         gitRepo(t),
+		"BRANCH":           "main",
+		"GIT_TOKEN":        "git-secret",
+		"AGENT_PROMPT":     "You are a careful engineer.",
+		"LAP_MODEL":        "anthropic/claude-sonnet-4-5",
+		"LITELLM_API_BASE": f.URL() + "/llm",
+		"LITELLM_API_KEY":  "lapsb_test",
+	}
+	return &editRun{h: startHarness(t, entry, ws, env), f: f, entry: entry, ws: ws, readme: readme, env: env}
+}
+
+// fixTurn sends the fix prompt and checks what both harnesses must do: read,
+// edit and bash completed in one message, the edit on disk, no token seen.
+func (r *editRun) fixTurn(t *testing.T, session string) (protocol.Message, []protocol.Part) {
+	t.Helper()
+	m := r.h.send(session, fixPrompt+", please.")
+	require.Nil(t, m.Info.Error, "turn error")
+	assert.Positive(t, m.Info.Tokens.Input)
+	tools := parts(m, protocol.PartTool)
+	require.Len(t, tools, 3, "one message holds every step's tools: %+v", m.Parts)
+	for i, want := range []string{"read", "edit", "bash"} {
+		assert.Equal(t, want, tools[i].Tool)
+		assert.Equal(t, protocol.ToolCompleted, tools[i].State.Status, "%s: %+v", want, tools[i].State)
+	}
+	assert.Contains(t, tools[2].State.Output, "README.md")
+	assert.Contains(t, tools[2].State.Output, "secrets=none/none", "the agent sees no harness or git token")
+	assert.Contains(t, m.Text(), "I edited README.md.")
+	onDisk, err := os.ReadFile(r.readme)
+	require.NoError(t, err)
+	assert.Equal(t, "# demo\nhello from the agent\n", string(onDisk), "the edit is on disk")
+	return m, tools
+}
+
+// turnEvents waits for the session to go idle and checks lap's event order:
+// the message opens, each tool runs then completes, the message completes,
+// the session idles. It returns the summary for further checks.
+func turnEvents(t *testing.T, ev *events, session string) []string {
+	t.Helper()
+	ev.wait(t, func(e protocol.Event) bool {
+		return e.Type == protocol.EventSessionIdle && e.Properties.SessionID == session
+	})
+	got := summary(ev.of(session))
+	require.NotEmpty(t, got)
+	assert.Equal(t, "message.updated:open", got[0])
+	assert.Equal(t, []string{"message.updated:completed", "session.idle"}, got[len(got)-2:])
+	for _, tool := range []string{"read", "edit", "bash"} {
+		running := indexOf(got, "message.part.updated:"+tool+":running", 0)
+		done := indexOf(got, "message.part.updated:"+tool+":completed", 0)
+		assert.True(t, running > 0 && done > running, "%s: running at %d, completed at %d in %v", tool, running, done, got)
+	}
+	return got
+}
+
+// mainRequest is the first request that reached the model offering tools:
+// the agent's turn rather than a side request.
+func mainRequest(f *fakellm.Server) fakellm.Request {
+	for _, r := range f.Requests() {
+		if len(r.Tools) > 0 {
+			return r
+		}
+	}
+	return fakellm.Request{}
+}
+
+// abortSlowTurn starts the slow job, checks that a second turn meanwhile is
+// a 409, aborts while the tool runs and checks the turn ended Aborted with
+// the job stopped. It returns the aborted turn's message.
+func (r *editRun) abortSlowTurn(t *testing.T, ev *events, session string) protocol.Message {
+	t.Helper()
+	h := r.h
+	slow := filepath.Join(r.ws, "repo", "slow.txt")
+	reply := make(chan protocol.Message, 1)
+	go func() { reply <- h.send(session, slowPrompt+" now.") }()
+	ev.wait(t, func(e protocol.Event) bool {
+		p := e.Properties.Part
+		return p != nil && p.Tool == "bash" && p.State != nil && p.State.Status == protocol.ToolRunning && strings.Contains(string(p.State.Input), "sleep 120")
+	})
+	require.Eventually(t, func() bool { _, err := os.Stat(slow); return err == nil }, time.Minute, 50*time.Millisecond, "the command started")
+	resp := h.request("POST", "/session/"+session+"/message", protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "another"}}})
+	resp.Body.Close()
+	assert.Equal(t, 409, resp.StatusCode)
+	var aborted bool
+	h.call("POST", "/session/"+session+"/abort", nil, &aborted)
+	assert.True(t, aborted)
+	var m protocol.Message
+	select {
+	case m = <-reply:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the aborted turn did not return")
+	}
+	require.NotNil(t, m.Info.Error)
+	assert.Equal(t, "Aborted", m.Info.Error.Name)
+	errEv := ev.wait(t, func(e protocol.Event) bool {
+		return e.Type == protocol.EventSessionError && e.Properties.SessionID == session
+	})
+	assert.Equal(t, "Aborted", errEv.Properties.Error.Name)
+	content, err := os.ReadFile(slow)
+	require.NoError(t, err)
+	assert.Equal(t, "started\n", string(content), "the job was stopped")
+	return m
+}
+
+// restartAndAsk restarts the harness on the same workspace and checks the
+// session and its two turns are still there and the model still sees the
+// first turn. It returns the message log read after the restart.
+func (r *editRun) restartAndAsk(t *testing.T, session string) []protocol.Message {
+	t.Helper()
+	r.h.stop()
+	r.h = startHarness(t, r.entry, r.ws, r.env)
+	var list []protocol.SessionInfo
+	r.h.call("GET", "/session", nil, &list)
+	require.Len(t, list, 1)
+	assert.Equal(t, session, list[0].ID)
+	var log []protocol.Message
+	r.h.call("GET", "/session/"+session+"/message", nil, &log)
+	assert.Equal(t, []string{"user", "assistant", "user", "assistant"}, roles(log))
+	m := r.h.send(session, askPrompt+" you to do first?")
+	require.Nil(t, m.Info.Error)
+	assert.Equal(t, "You asked me to fix the README.", m.Text())
+	return log
+}
+
+// historySeeding creates a session with a two-message history on a fresh
+// workspace and checks the model sees it and the log shows it as the user
+// had it. model and apiPath (after the gateway's URL) are as the harness is
+// given them; it returns the fake model for harness-specific checks.
+func historySeeding(t *testing.T, entry, model, apiPath, title string) *fakellm.Server {
+	t.Helper()
+	f := fakellm.Start(t)
+	f.Respond(func(r fakellm.Request) fakellm.Reply {
+		if len(r.Tools) > 0 && r.Contains("My name is Ada.") && r.Contains("Nice to meet you, Ada.") {
+			return fakellm.Text("Your name is Ada.")
+		}
+		return fakellm.Text("I do not know.")
+	})
+	h := startHarness(t, entry, t.TempDir(), map[string]string{
+		"LAP_MODEL":        model,
+		"LITELLM_API_BASE": f.URL() + apiPath,
+		"LITELLM_API_KEY":  "lapsb_test",
+	})
+	history := []protocol.Message{
+		{Info: protocol.MessageInfo{ID: "u1", Role: "user", Time: protocol.MessageTime{Created: 1}}, Parts: []protocol.Part{{Type: "text", Text: "My name is Ada."}}},
+		{Info: protocol.MessageInfo{ID: "a1", Role: "assistant", Time: protocol.MessageTime{Created: 2, Completed: 3}}, Parts: []protocol.Part{{Type: "text", Text: "Nice to meet you, Ada."}}},
+	}
+	session := h.newSession(protocol.CreateSessionRequest{Title: title, History: history})
+	m := h.send(session, "What is my name?")
+	require.Nil(t, m.Info.Error)
+	assert.Equal(t, "Your name is Ada.", m.Text())
+	var log []protocol.Message
+	h.call("GET", "/session/"+session+"/message", nil, &log)
+	assert.Equal(t, []string{"user", "assistant", "user", "assistant"}, roles(log))
+	assert.Equal(t, "What is my name?", log[2].Text(), "the log keeps what the user typed")
+	return f
+}
+
+// mockModelTurn asks about a cloned repo with lapd's offline demo model
+// mock/tools (the gateway's mock over real HTTP), which runs ls through the
+// agent's bash tool and answers with what came back. It returns the tools.
+func mockModelTurn(t *testing.T, entry, title string) []protocol.Part {
+	t.Helper()
+	srv := httptest.NewServer(mockllm.Handler())
+	t.Cleanup(srv.Close)
+	h := startHarness(t, entry, t.TempDir(), map[string]string{
+		"REPO_URL":         gitRepo(t),
+		"LAP_MODEL":        mockllm.Tools,
+		"LITELLM_API_BASE": srv.URL,
+		"LITELLM_API_KEY":  "lapsb_test",
+	})
+	session := h.newSession(protocol.CreateSessionRequest{Title: title})
+	m := h.send(session, "What is in this repo?")
+	require.Nil(t, m.Info.Error)
+	tools := parts(m, protocol.PartTool)
+	require.NotEmpty(t, tools)
+	assert.Equal(t, protocol.ToolCompleted, tools[0].State.Status)
+	assert.Contains(t, tools[0].State.Output, "README.md")
+	assert.Contains(t, m.Text(), "README.md")
+	return tools
 }
