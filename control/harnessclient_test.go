@@ -68,21 +68,10 @@ func TestHarnessWithoutContinueGetsItsTurns(t *testing.T) {
 // (it died while idle) fails as not delivered: lapd may send it again.
 func TestTurnOnAConnectionTheHarnessClosedIsNotDelivered(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		// Read the headers, then go away without asking for the body.
-		_, _ = http.ReadRequest(bufio.NewReader(conn))
-		conn.Close()
-	}()
+	// Read the headers, then go away without asking for the body.
+	tgt := serveOnce(t, func(net.Conn, *bufio.Reader, *http.Request) {})
 	h := newHarnessClient()
-	tgt := target{endpoint: sandboxes.Endpoint{URL: "http://" + ln.Addr().String()}, sessionID: "s1"}
-	_, err = h.sendMessage(context.Background(), tgt, protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "hi"}}})
+	_, err := h.sendMessage(context.Background(), tgt, protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "hi"}}})
 	require.Error(t, err)
 	assert.True(t, notSent(err), "%v", err)
 }
@@ -91,26 +80,12 @@ func TestTurnOnAConnectionTheHarnessClosedIsNotDelivered(t *testing.T) {
 // it: the failure is not "not delivered", so the turn is not sent again.
 func TestTurnTheHarnessTookThenDiedIsNotResent(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		br := bufio.NewReader(conn)
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			return
-		}
+	tgt := serveOnce(t, func(conn net.Conn, br *bufio.Reader, req *http.Request) {
 		fmt.Fprint(conn, "HTTP/1.1 100 Continue\r\n\r\n")
 		_, _ = io.Copy(io.Discard, io.LimitReader(br, req.ContentLength))
-	}()
+	})
 	h := newHarnessClient()
-	tgt := target{endpoint: sandboxes.Endpoint{URL: "http://" + ln.Addr().String()}, sessionID: "s1"}
-	_, err = h.sendMessage(context.Background(), tgt, protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "hi"}}})
+	_, err := h.sendMessage(context.Background(), tgt, protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "hi"}}})
 	require.Error(t, err)
 	assert.False(t, notSent(err), "%v", err)
 }
@@ -135,4 +110,29 @@ func TestTurnThroughProxiesSendsNoExpect(t *testing.T) {
 	_, err := h.sendMessage(context.Background(), tgt, protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "hi"}}})
 	assert.True(t, isStatus(err, http.StatusNotFound), "err: %v", err)
 	assert.Zero(t, expects.Load())
+}
+
+// serveOnce is a raw TCP harness for tests that need what an HTTP server
+// would not do (die mid-request, answer 100 Continue by hand): it takes one
+// connection, reads the request's headers, hands them to handle and then
+// closes the connection. It returns the target to send turns to.
+func serveOnce(t *testing.T, handle func(conn net.Conn, br *bufio.Reader, req *http.Request)) target {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		br := bufio.NewReader(conn)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		handle(conn, br, req)
+	}()
+	return target{endpoint: sandboxes.Endpoint{URL: "http://" + ln.Addr().String()}, sessionID: "s1"}
 }

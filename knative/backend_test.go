@@ -306,8 +306,7 @@ func TestEnsureAgent(t *testing.T) {
 	r := newRig(t, "")
 	agent := newAgent("evolving")
 	require.NoError(t, r.b.EnsureAgent(r.ctx(), agent))
-	sb, err := r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleSession))
-	require.NoError(t, err)
+	sb := r.provision(agent, sandboxes.RoleSession)
 
 	// A new generation takes the default route; running sandboxes stay.
 	agent.Generation = 2
@@ -356,15 +355,12 @@ func TestUnresolvedKoImage(t *testing.T) {
 func TestCapacity(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, "", withEnv("KNATIVE_MAX_SANDBOXES_PER_AGENT", "2"))
-	agent := newAgent("capped")
-	require.NoError(t, r.b.EnsureAgent(r.ctx(), agent))
-	a, err := r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleWarm))
-	require.NoError(t, err)
-	_, err = r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleWarm))
-	require.NoError(t, err)
+	agent := r.ensureAgent("capped")
+	a := r.provision(agent, sandboxes.RoleWarm)
+	r.provision(agent, sandboxes.RoleWarm)
 
 	before := r.writes.n.Load()
-	_, err = r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleSession))
+	_, err := r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleSession))
 	require.ErrorIs(t, err, sandboxes.ErrCapacity)
 	assert.ErrorContains(t, err, "KNATIVE_MAX_SANDBOXES_PER_AGENT")
 	assert.Equal(t, before, r.writes.n.Load(), "a refused provision writes nothing")
@@ -372,8 +368,7 @@ func TestCapacity(t *testing.T) {
 	// A suspended sandbox frees its tag; resuming it needs one back.
 	_, err = r.b.Suspend(r.ctx(), a)
 	require.NoError(t, err)
-	c, err := r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleSession))
-	require.NoError(t, err)
+	c := r.provision(agent, sandboxes.RoleSession)
 	_, err = r.b.Resume(r.ctx(), a)
 	require.ErrorIs(t, err, sandboxes.ErrCapacity)
 	require.NoError(t, r.b.Destroy(r.ctx(), c))
@@ -387,15 +382,12 @@ func TestCapacity(t *testing.T) {
 func TestResumeAfterGC(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, "")
-	agent := newAgent("forgetful")
-	require.NoError(t, r.b.EnsureAgent(r.ctx(), agent))
-	sb, err := r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleSession))
-	require.NoError(t, err)
+	agent := r.ensureAgent("forgetful")
+	sb := r.provision(agent, sandboxes.RoleSession)
 	// Another provision, so the suspended one is not the latest created
 	// (Knative's GC never removes that one).
-	_, err = r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleWarm))
-	require.NoError(t, err)
-	sb, err = r.b.Suspend(r.ctx(), sb)
+	r.provision(agent, sandboxes.RoleWarm)
+	sb, err := r.b.Suspend(r.ctx(), sb)
 	require.NoError(t, err)
 	require.NoError(t, r.admin.ServingV1().Revisions(r.ns).Delete(r.ctx(), sb.Data[DataRevision], metav1.DeleteOptions{}))
 
@@ -411,8 +403,7 @@ func TestResumeAfterGC(t *testing.T) {
 func TestProvisionFailure(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, "")
-	agent := newAgent("doomed")
-	require.NoError(t, r.b.EnsureAgent(r.ctx(), agent))
+	agent := r.ensureAgent("doomed")
 	spec := newSpec(agent, sandboxes.RoleSession)
 	r.fake.failRevision(SandboxRevisionName("doomed", spec.ID), "Unable to fetch image \"kind.local/lap-harness:test\"")
 
@@ -432,8 +423,7 @@ func TestProvisionFailure(t *testing.T) {
 	assert.True(t, apierrors.IsNotFound(err), "failed sandbox's secret left behind: %v", err)
 
 	// The agent is fine afterwards.
-	sb, err := r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleSession))
-	require.NoError(t, err)
+	sb := r.provision(agent, sandboxes.RoleSession)
 	assert.True(t, sb.Running)
 
 	// Missing parts of a spec are refused before anything is written.
@@ -453,11 +443,9 @@ func TestProvisionFailure(t *testing.T) {
 func TestProvisionWaitsForHarness(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, "")
-	agent := newAgent("slow")
-	require.NoError(t, r.b.EnsureAgent(r.ctx(), agent))
+	agent := r.ensureAgent("slow")
 	r.fake.setWarmup(3)
-	sb, err := r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleSession))
-	require.NoError(t, err)
+	sb := r.provision(agent, sandboxes.RoleSession)
 	pod := r.fake.pod(sb.Data[DataRevision])
 	require.NotNil(t, pod)
 	pod.mu.Lock()
@@ -470,8 +458,7 @@ func TestProvisionWaitsForHarness(t *testing.T) {
 func TestProvisionTimeout(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, "", withEnv("KNATIVE_READY_TIMEOUT", "2s"))
-	agent := newAgent("stuck")
-	require.NoError(t, r.b.EnsureAgent(r.ctx(), agent))
+	agent := r.ensureAgent("stuck")
 	r.fake.setWarmup(1 << 30)
 	spec := newSpec(agent, sandboxes.RoleSession)
 	_, err := r.b.Provision(r.ctx(), spec)
@@ -495,8 +482,7 @@ func TestProvisionTimeout(t *testing.T) {
 func TestConcurrentProvisions(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, "")
-	agent := newAgent("busy")
-	require.NoError(t, r.b.EnsureAgent(r.ctx(), agent))
+	agent := r.ensureAgent("busy")
 	const n = 6
 	var wg sync.WaitGroup
 	results := make([]sandboxes.Sandbox, n)
@@ -520,13 +506,10 @@ func TestConcurrentProvisions(t *testing.T) {
 func TestAdoption(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, "")
-	agent := newAgent("adopted")
-	require.NoError(t, r.b.EnsureAgent(r.ctx(), agent))
-	running, err := r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleWarm))
-	require.NoError(t, err)
-	idle, err := r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleSession))
-	require.NoError(t, err)
-	idle, err = r.b.Suspend(r.ctx(), idle)
+	agent := r.ensureAgent("adopted")
+	running := r.provision(agent, sandboxes.RoleWarm)
+	idle := r.provision(agent, sandboxes.RoleSession)
+	idle, err := r.b.Suspend(r.ctx(), idle)
 	require.NoError(t, err)
 	require.NoError(t, r.b.Close(t.Context()))
 
@@ -567,8 +550,7 @@ func newRigBackend(t *testing.T, r *rig) *Backend {
 func TestDestroyByID(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, "")
-	agent := newAgent("orphans")
-	require.NoError(t, r.b.EnsureAgent(r.ctx(), agent))
+	agent := r.ensureAgent("orphans")
 	tests := []struct {
 		name string
 		bare func(sb sandboxes.Sandbox) sandboxes.Sandbox
@@ -579,11 +561,10 @@ func TestDestroyByID(t *testing.T) {
 		{"id alone", func(sb sandboxes.Sandbox) sandboxes.Sandbox { return sandboxes.Sandbox{ID: sb.ID} }},
 	}
 	for _, tt := range tests {
-		sb, err := r.b.Provision(r.ctx(), newSpec(agent, sandboxes.RoleWarm))
-		require.NoError(t, err)
+		sb := r.provision(agent, sandboxes.RoleWarm)
 		r.eventually(func() bool { return len(r.mustList()) > 0 }, "%s: the informer sees the revision", tt.name)
 		require.NoError(t, r.b.Destroy(r.ctx(), tt.bare(sb)), tt.name)
-		_, err = r.admin.ServingV1().Revisions(r.ns).Get(r.ctx(), sb.Data[DataRevision], metav1.GetOptions{})
+		_, err := r.admin.ServingV1().Revisions(r.ns).Get(r.ctx(), sb.Data[DataRevision], metav1.GetOptions{})
 		assert.True(t, apierrors.IsNotFound(err), "%s: revision after destroy: %v", tt.name, err)
 		r.assertSecretGone(sb)
 		_, tagged := findTag(r.service("orphans").Spec.Traffic, sb.Data[DataTag])
@@ -600,4 +581,20 @@ func (r *rig) mustList() []sandboxes.Sandbox {
 	listed, err := r.b.List(r.ctx())
 	require.NoError(r.t, err)
 	return listed
+}
+
+// ensureAgent and provision are the setup most tests share: an agent, a
+// sandbox of it; both fail the test on error.
+func (r *rig) ensureAgent(name string) sandboxes.AgentSpec {
+	r.t.Helper()
+	agent := newAgent(name)
+	require.NoError(r.t, r.b.EnsureAgent(r.ctx(), agent))
+	return agent
+}
+
+func (r *rig) provision(agent sandboxes.AgentSpec, role string) sandboxes.Sandbox {
+	r.t.Helper()
+	sb, err := r.b.Provision(r.ctx(), newSpec(agent, role))
+	require.NoError(r.t, err)
+	return sb
 }

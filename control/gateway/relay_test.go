@@ -125,16 +125,26 @@ func (n *notifyingWriter) waitWrite(t *testing.T, want string) {
 	}
 }
 
+// startRelay runs relayEvents, keeping every event and sending a
+// keep-alive after 5ms of silence, from a pipe (its writer returned, closed
+// at the end of the test) to a notifyingWriter; done gets relayEvents's
+// result. The keep-alive tests share this setup.
+func startRelay(t *testing.T) (upw *io.PipeWriter, out *notifyingWriter, done <-chan error) {
+	up, upw := io.Pipe()
+	t.Cleanup(func() { upw.Close() })
+	out = &notifyingWriter{writes: make(chan string, 64)}
+	result := make(chan error, 1)
+	go func() {
+		result <- relayEvents(bufio.NewWriter(out), up, func([]byte) bool { return true }, 5*time.Millisecond)
+	}()
+	return upw, out, result
+}
+
 // TestRelayEventsKeepAlive: while the upstream is silent the client gets
 // comments, and the events around them unchanged.
 func TestRelayEventsKeepAlive(t *testing.T) {
 	t.Parallel()
-	up, upw := io.Pipe()
-	out := &notifyingWriter{writes: make(chan string, 64)}
-	done := make(chan error, 1)
-	go func() {
-		done <- relayEvents(bufio.NewWriter(out), up, func([]byte) bool { return true }, 5*time.Millisecond)
-	}()
+	upw, out, done := startRelay(t)
 	_, err := io.WriteString(upw, "data: a\n\n")
 	require.NoError(t, err)
 	out.waitWrite(t, "data: a\n\n")
@@ -153,13 +163,7 @@ func TestRelayEventsKeepAlive(t *testing.T) {
 // ends with errClientGone though the upstream sends nothing more.
 func TestRelayEventsNoticesAGoneClientWhileTheUpstreamIsSilent(t *testing.T) {
 	t.Parallel()
-	up, upw := io.Pipe()
-	defer upw.Close()
-	out := &notifyingWriter{writes: make(chan string, 64)}
-	done := make(chan error, 1)
-	go func() {
-		done <- relayEvents(bufio.NewWriter(out), up, func([]byte) bool { return true }, 5*time.Millisecond)
-	}()
+	upw, out, done := startRelay(t)
 	_, err := io.WriteString(upw, "data: a\n\n")
 	require.NoError(t, err)
 	out.waitWrite(t, "data: a\n\n")

@@ -153,6 +153,15 @@ func (f *fixture) spec() sandboxes.Spec {
 	}
 }
 
+// provision provisions spec on b and fails the test if that fails: the
+// setup of most tests, which check what comes after.
+func provision(t testing.TB, ctx context.Context, b *Backend, spec sandboxes.Spec) sandboxes.Sandbox {
+	t.Helper()
+	sb, err := b.Provision(ctx, spec)
+	require.NoError(t, err)
+	return sb
+}
+
 func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
