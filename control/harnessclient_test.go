@@ -64,8 +64,9 @@ func TestHarnessWithoutContinueGetsItsTurns(t *testing.T) {
 	assert.EqualValues(t, 1, expects.Load(), "only the first turn waited for a 100 Continue")
 }
 
-// A turn sent on a pooled connection that the harness had already closed
-// (it died while idle) fails as not delivered: lapd may send it again.
+// A turn whose connection the harness closes before asking for the body
+// (as a pooled connection of a harness that died while idle is closed)
+// fails as not delivered: lapd may send it again.
 func TestTurnOnAConnectionTheHarnessClosedIsNotDelivered(t *testing.T) {
 	t.Parallel()
 	// Read the headers, then go away without asking for the body.
