@@ -452,7 +452,7 @@ func (b *Backend) Provision(ctx context.Context, spec sandboxes.Spec) (sandboxes
 		return fail(err)
 	}
 
-	owner, err := b.precheck(spec)
+	owner, err := b.precheck(ctx, spec)
 	if err != nil {
 		return fail(err)
 	}
@@ -479,14 +479,19 @@ func (b *Backend) Provision(ctx context.Context, spec sandboxes.Spec) (sandboxes
 	return sb, nil
 }
 
-// precheck refuses, before any write, a provision the cached Service
-// already shows would fail, and returns the owner reference of the
-// sandbox's Secret; nil when the cache has no Service yet. addSandbox
-// checks again on the fresh Service.
-func (b *Backend) precheck(spec sandboxes.Spec) (*metav1.OwnerReference, error) {
-	svc, err := b.services.Get(spec.Agent.Name)
-	if err != nil {
+// precheck refuses, before any write, a provision the Service already
+// shows would fail, and returns the owner reference of the sandbox's
+// Secret; nil when there is no Service yet. It reads the apiserver, not
+// the informer's cache: a cache that has not yet seen a Suspend would
+// refuse a provision for a tag already freed. addSandbox checks again
+// under the agent's lock.
+func (b *Backend) precheck(ctx context.Context, spec sandboxes.Spec) (*metav1.OwnerReference, error) {
+	svc, err := b.serving.ServingV1().Services(b.p.Namespace).Get(ctx, spec.Agent.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
 		return nil, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	if err := owned(svc, spec.Agent.ID); err != nil {
 		return nil, err
