@@ -160,10 +160,11 @@ func runLifecycle(t *testing.T, r *rig, wantEndpoint func(svc, tag string) sandb
 		_, err := r.admin.ServingV1().Revisions(r.ns).Get(r.ctx(), sbs[2].Data[DataRevision], metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
 	}, "a destroyed revision came back")
-	listed, err = r.b.List(r.ctx())
-	require.NoError(t, err)
-	require.Len(t, listed, 1)
-	assert.Equal(t, sbs[1].ID, listed[0].ID)
+	// List reads the informer's cache, which sees the deletes a little later.
+	r.eventually(func() bool {
+		listed := r.mustList()
+		return len(listed) == 1 && listed[0].ID == sbs[1].ID
+	}, "List after destroy: want only %s", sbs[1].ID)
 
 	// Delete the agent: Service and Secret go, and with them the rest.
 	require.NoError(t, r.b.DeleteAgent(r.ctx(), agent))
