@@ -407,6 +407,20 @@ func (b *Backend) DeleteAgent(ctx context.Context, agent sandboxes.AgentSpec) er
 	return nil
 }
 
+// deleteSandboxSecretsOf deletes, by its label, the Secret of a sandbox
+// known only by its id; an id no label can hold never had one.
+func (b *Backend) deleteSandboxSecretsOf(ctx context.Context, sandboxID string) error {
+	sel, err := labels.ValidatedSelectorFromSet(labels.Set{LabelManagedBy: ManagedBy, LabelSandboxID: sandboxID})
+	if err != nil {
+		return nil
+	}
+	err = b.kube.CoreV1().Secrets(b.p.Namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return fmt.Errorf("delete secret of sandbox %s: %w", sandboxID, err)
+	}
+	return nil
+}
+
 // sandboxSecretsOf selects the sandbox Secrets of an agent, not its own.
 func sandboxSecretsOf(agentID string) string {
 	return labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedBy, LabelAgentID: agentID}).String() + "," + LabelSandboxID
@@ -702,7 +716,8 @@ func (b *Backend) Resume(ctx context.Context, sb sandboxes.Sandbox) (sandboxes.S
 // A record without the backend's data (the control plane's record of a
 // sandbox whose provision had not returned) is found by its id: by the
 // revision's sandbox-id label, or by the Service whose route or template
-// names it. A sandbox found nowhere is already destroyed.
+// names it. A sandbox found nowhere is already destroyed, but for a Secret
+// its provision may have left.
 func (b *Backend) Destroy(ctx context.Context, sb sandboxes.Sandbox) error {
 	svcName, revName, tag, err := sandboxNames(sb)
 	if errors.Is(err, sandboxes.ErrNotFound) {
@@ -719,6 +734,11 @@ func (b *Backend) Destroy(ctx context.Context, sb sandboxes.Sandbox) error {
 			svcName, revName, tag, found = b.locate(sb)
 		}
 		if !found {
+			// lapd may have stopped between a provision's Secret and
+			// its Service update: the Secret is all there is of it.
+			if err := b.deleteSandboxSecretsOf(ctx, sb.ID); err != nil {
+				return fmt.Errorf("destroy sandbox %s: %w", sb.ID, err)
+			}
 			return nil
 		}
 	} else if err != nil {

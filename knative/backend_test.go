@@ -572,9 +572,23 @@ func TestDestroyByID(t *testing.T) {
 		assert.False(t, tagged, "%s: tag after destroy", tt.name)
 		r.eventually(func() bool { return len(r.mustList()) == 0 }, "%s: List after destroy", tt.name)
 	}
+
+	// lapd stopped between a provision's Secret and its Service update:
+	// destroying the record takes the Secret, and no other sandbox's.
+	kept := r.provision(agent, sandboxes.RoleWarm)
+	spec := newSpec(agent, sandboxes.RoleSession)
+	left := MakeSandboxSecret(spec, r.b.p, nil)
+	_, err := r.kube.CoreV1().Secrets(r.ns).Create(r.ctx(), left, metav1.CreateOptions{})
+	require.NoError(t, err)
+	require.NoError(t, r.b.Destroy(r.ctx(), sandboxes.Sandbox{ID: spec.ID, AgentID: agent.ID}))
+	_, err = r.kube.CoreV1().Secrets(r.ns).Get(r.ctx(), left.Name, metav1.GetOptions{})
+	assert.True(t, apierrors.IsNotFound(err), "secret a stopped provision left: %v", err)
+	r.sandboxSecret(kept)
+
 	// A sandbox found nowhere is already destroyed.
 	require.NoError(t, r.b.Destroy(r.ctx(), sandboxes.Sandbox{ID: "01234567-89ab-cdef-0123-456789abcdef", AgentID: agent.ID}))
 	require.NoError(t, r.b.Destroy(r.ctx(), sandboxes.Sandbox{ID: "never-provisioned"}))
+	require.NoError(t, r.b.Destroy(r.ctx(), sandboxes.Sandbox{ID: "no label holds this/"}))
 }
 
 func (r *rig) mustList() []sandboxes.Sandbox {
