@@ -60,10 +60,8 @@ const (
 // fields of their tools, and how they reach the model.
 type harness struct {
 	id, agent string
-	// read, edit and bash are the tool names the model calls.
-	read, edit, bash string
-	// path, oldText and newText name the fields of read's and edit's input.
-	path, oldText, newText string
+	// tools are what the model calls.
+	tools fakellm.Tools
 	// format, path and model are what the upstream receives.
 	format    fakellm.Format
 	llmPath   string
@@ -74,15 +72,13 @@ type harness struct {
 var (
 	claudeAgentSDK = harness{
 		id: "claude-agent-sdk", agent: "my-sdk-agent",
-		read: "Read", edit: "Edit", bash: "Bash",
-		path: "file_path", oldText: "old_string", newText: "new_string",
+		tools:  fakellm.ClaudeCodeTools,
 		format: fakellm.FormatAnthropicMessages, llmPath: "/v1/messages", llmModel: "claude-sonnet-4-5",
 		keyHeader: func(key string) (string, string) { return "X-Api-Key", key },
 	}
 	opencode = harness{
 		id: "opencode", agent: "my-opencode-agent",
-		read: "read", edit: "edit", bash: "bash",
-		path: "filePath", oldText: "oldString", newText: "newString",
+		tools:  fakellm.OpencodeTools,
 		format: fakellm.FormatOpenAIChat, llmPath: "/v1/chat/completions", llmModel: "anthropic/claude-sonnet-4-5",
 		keyHeader: func(key string) (string, string) { return "Authorization", "Bearer " + key },
 	}
@@ -117,19 +113,16 @@ func (md *model) reply(r fakellm.Request) fakellm.Reply {
 	case tidyPrompt:
 		switch step {
 		case 0:
-			return fakellm.Reply{Text: "Let me read it first.", ToolCalls: []fakellm.ToolCall{fakellm.Call(h.read, map[string]any{h.path: readme})}}
+			return fakellm.Reply{Text: "Let me read it first.", ToolCalls: []fakellm.ToolCall{h.tools.Read(readme)}}
 		case 1:
-			return fakellm.CallTool(h.edit, map[string]any{h.path: readme, h.oldText: "hello world", h.newText: "hello from the agent"})
+			return fakellm.CallTools(h.tools.Edit(readme, "hello world", "hello from the agent"))
 		case 2:
-			return fakellm.CallTool(h.bash, map[string]any{
-				"command":     noteCommand,
-				"description": "Note the change",
-			})
+			return fakellm.CallTools(h.tools.Bash(noteCommand, "Note the change"))
 		}
 		return fakellm.Text(tidyDone)
 	case slowPrompt:
 		if step == 0 {
-			return fakellm.CallTool(h.bash, map[string]any{"command": slowJob, "description": "Run the slow job"})
+			return fakellm.CallTools(h.tools.Bash(slowJob, "Run the slow job"))
 		}
 		return fakellm.Text("The job finished.")
 	case askPrompt:

@@ -68,9 +68,9 @@ func (md *model) reply(r fakellm.Request) fakellm.Reply {
 		readme := filepath.Join(repo, "README.md")
 		switch toolResultsSince(r, editPrompt) {
 		case 0:
-			return fakellm.Reply{Text: "Let me read it first.", ToolCalls: []fakellm.ToolCall{fakellm.Call("Read", map[string]any{"file_path": readme})}}
+			return fakellm.Reply{Text: "Let me read it first.", ToolCalls: []fakellm.ToolCall{fakellm.ClaudeCodeTools.Read(readme)}}
 		case 1:
-			return fakellm.CallTool("Edit", map[string]any{"file_path": readme, "old_string": "hello world", "new_string": "hello from the agent"})
+			return fakellm.CallTools(fakellm.ClaudeCodeTools.Edit(readme, "hello world", "hello from the agent"))
 		case 2:
 			return fakellm.CallTool("Write", map[string]any{"file_path": filepath.Join(repo, "CHANGELOG.md"), "content": changelog})
 		}

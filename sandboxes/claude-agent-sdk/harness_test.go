@@ -371,15 +371,17 @@ const (
 
 // dialect is how one agent names its tools and their inputs, and what the
 // script answers to side requests (titles, summaries: they offer no tools).
+// dialect is what differs between the harnesses for the fake model: their
+// tools, and the answer to requests that offer none (titles, side
+// questions).
 type dialect struct {
-	read, edit, bash               string
-	filePath, oldString, newString string
-	side                           string
+	tools fakellm.Tools
+	side  string
 }
 
 var (
-	claudeCode = dialect{"Read", "Edit", "Bash", "file_path", "old_string", "new_string", "ok"}
-	opencode   = dialect{"read", "edit", "bash", "filePath", "oldString", "newString", "A title"}
+	claudeCode = dialect{fakellm.ClaudeCodeTools, "ok"}
+	opencode   = dialect{fakellm.OpencodeTools, "A title"}
 )
 
 // editScript is the fake model behind the harness tests, chosen by the
@@ -395,17 +397,17 @@ func editScript(d dialect, readme string) fakellm.Responder {
 		case fixPrompt:
 			switch step {
 			case 0:
-				return fakellm.Reply{Text: "Let me read it first.", ToolCalls: []fakellm.ToolCall{fakellm.Call(d.read, map[string]any{d.filePath: readme})}}
+				return fakellm.Reply{Text: "Let me read it first.", ToolCalls: []fakellm.ToolCall{d.tools.Read(readme)}}
 			case 1:
-				return fakellm.CallTool(d.edit, map[string]any{d.filePath: readme, d.oldString: "hello world", d.newString: "hello from the agent"})
+				return fakellm.CallTools(d.tools.Edit(readme, "hello world", "hello from the agent"))
 			case 2:
-				return fakellm.CallTool(d.bash, map[string]any{"command": "git diff --stat && grep -c agent README.md && echo secrets=${HARNESS_AUTH_TOKEN:-none}/${GIT_TOKEN:-none}", "description": "Show the change"})
+				return fakellm.CallTools(d.tools.Bash("git diff --stat && grep -c agent README.md && echo secrets=${HARNESS_AUTH_TOKEN:-none}/${GIT_TOKEN:-none}", "Show the change"))
 			default:
 				return fakellm.Text("I edited README.md.")
 			}
 		case slowPrompt:
 			if step == 0 {
-				return fakellm.CallTool(d.bash, map[string]any{"command": "echo started > slow.txt && sleep 120 && echo finished >> slow.txt", "description": "Run the slow job"})
+				return fakellm.CallTools(d.tools.Bash("echo started > slow.txt && sleep 120 && echo finished >> slow.txt", "Run the slow job"))
 			}
 			return fakellm.Text("The job finished.")
 		case askPrompt:
