@@ -393,30 +393,13 @@ func (b *Backend) DeleteAgent(ctx context.Context, agent sandboxes.AgentSpec) er
 			return fmt.Errorf("delete service %s: %w", agent.Name, err)
 		}
 	}
-	secrets := b.kube.CoreV1().Secrets(b.p.Namespace)
-	err = secrets.Delete(ctx, SecretName(agent.Name), metav1.DeleteOptions{})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete secret %s: %w", SecretName(agent.Name), err)
+	if err := b.deleteSecret(ctx, SecretName(agent.Name)); err != nil {
+		return err
 	}
 	// By selector, not by the names in the route: a sandbox may be
 	// suspended, or its provision may have failed half-way.
-	err = secrets.DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: sandboxSecretsOf(agent.ID)})
-	if err != nil {
+	if err := b.deleteSecrets(ctx, sandboxSecretsOf(agent.ID)); err != nil {
 		return fmt.Errorf("delete sandbox secrets of agent %s: %w", agent.Name, err)
-	}
-	return nil
-}
-
-// deleteSandboxSecretsOf deletes, by its label, the Secret of a sandbox
-// known only by its id; an id no label can hold never had one.
-func (b *Backend) deleteSandboxSecretsOf(ctx context.Context, sandboxID string) error {
-	sel, err := labels.ValidatedSelectorFromSet(labels.Set{LabelManagedBy: ManagedBy, LabelSandboxID: sandboxID})
-	if err != nil {
-		return nil
-	}
-	err = b.kube.CoreV1().Secrets(b.p.Namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: sel.String()})
-	if err != nil {
-		return fmt.Errorf("delete secret of sandbox %s: %w", sandboxID, err)
 	}
 	return nil
 }
@@ -424,6 +407,16 @@ func (b *Backend) deleteSandboxSecretsOf(ctx context.Context, sandboxID string) 
 // sandboxSecretsOf selects the sandbox Secrets of an agent, not its own.
 func sandboxSecretsOf(agentID string) string {
 	return labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedBy, LabelAgentID: agentID}).String() + "," + LabelSandboxID
+}
+
+// sandboxSecretOf selects the Secret of one sandbox; false for an id no
+// label can hold, which never had one.
+func sandboxSecretOf(sandboxID string) (string, bool) {
+	sel, err := labels.ValidatedSelectorFromSet(labels.Set{LabelManagedBy: ManagedBy, LabelSandboxID: sandboxID})
+	if err != nil {
+		return "", false
+	}
+	return sel.String(), true
 }
 
 // Provision creates the sandbox's Secret (its tokens), then adds its
@@ -546,14 +539,20 @@ func (b *Backend) createSandboxSecret(ctx context.Context, want *corev1.Secret) 
 	return nil
 }
 
-// deleteSandboxSecret deletes a sandbox's Secret; one already gone (or
-// never made, by a lapd before sandbox Secrets) is no error.
-func (b *Backend) deleteSandboxSecret(ctx context.Context, name string) error {
+// deleteSecret deletes the Secret called name; one already gone (or a
+// sandbox's never made, by a lapd before sandbox Secrets) is no error.
+func (b *Backend) deleteSecret(ctx context.Context, name string) error {
 	err := b.kube.CoreV1().Secrets(b.p.Namespace).Delete(ctx, name, metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete secret %s: %w", name, err)
 	}
 	return nil
+}
+
+// deleteSecrets deletes the Secrets selector selects: by label, so lapd
+// needs no right to list Secrets.
+func (b *Backend) deleteSecrets(ctx context.Context, selector string) error {
+	return b.kube.CoreV1().Secrets(b.p.Namespace).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: selector})
 }
 
 // addSandbox is Provision's serialised part. written reports whether the
@@ -736,8 +735,10 @@ func (b *Backend) Destroy(ctx context.Context, sb sandboxes.Sandbox) error {
 		if !found {
 			// lapd may have stopped between a provision's Secret and
 			// its Service update: the Secret is all there is of it.
-			if err := b.deleteSandboxSecretsOf(ctx, sb.ID); err != nil {
-				return fmt.Errorf("destroy sandbox %s: %w", sb.ID, err)
+			if sel, ok := sandboxSecretOf(sb.ID); ok {
+				if err := b.deleteSecrets(ctx, sel); err != nil {
+					return fmt.Errorf("destroy sandbox %s: delete its secret: %w", sb.ID, err)
+				}
 			}
 			return nil
 		}
@@ -785,7 +786,7 @@ func (b *Backend) destroy(ctx context.Context, svcName, revName, tag string) err
 		return fmt.Errorf("delete revision %s: %w", revName, err)
 	}
 	// Named as the revision (SandboxSecretName).
-	return b.deleteSandboxSecret(ctx, revName)
+	return b.deleteSecret(ctx, revName)
 }
 
 // locate finds a sandbox by its id alone, in the informers' caches: its
@@ -840,7 +841,7 @@ func (b *Backend) cleanup(parent context.Context, sb sandboxes.Sandbox, written 
 	if written {
 		err = b.destroy(ctx, sb.Data[DataService], sb.Data[DataRevision], sb.Data[DataTag])
 	} else {
-		err = b.deleteSandboxSecret(ctx, sb.Data[DataRevision])
+		err = b.deleteSecret(ctx, sb.Data[DataRevision])
 	}
 	if err != nil {
 		b.log.Warn("clean up failed sandbox", "sandbox", sb.ID, "err", err)
