@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"lap.dev/lap/control/api"
+	"lap.dev/lap/sandboxes/sandboxestest"
 )
 
 // Fuzz targets for every JSON body the API accepts, run against the real
@@ -57,7 +58,9 @@ type fuzzEnv struct {
 }
 
 func newFuzzEnv(f *testing.F) *fuzzEnv {
-	e := newEnv(f, envOptions{})
+	// Echo only: the test harness takes text such as "/block" as a
+	// command of its script, and lapd must take any text.
+	e := newEnv(f, envOptions{backend: sandboxestest.Options{EchoOnly: true}})
 	fe := &fuzzEnv{env: e, agent: e.createAgent("fuzz-target", nil)}
 	fe.session = e.readySession("fuzz-target")
 	return fe
@@ -140,12 +143,8 @@ func FuzzUpdateAgent(f *testing.F) {
 // deleted again, so their sandboxes do not pile up.
 func FuzzCreateSession(f *testing.F) {
 	fe := newFuzzEnv(f)
-	addSeeds(f, `{"title": "t"}`, `{"title": "t", "initial_prompt": "hello", "max_budget_usd": 2}`)
+	addSeeds(f, `{"title": "t"}`, `{"title": "t", "initial_prompt": "hello", "max_budget_usd": 2}`, `{"initial_prompt": "/block"}`)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		var req api.CreateSessionRequest
-		if json.Unmarshal(body, &req) == nil && strings.HasPrefix(strings.TrimSpace(req.InitialPrompt), "/") {
-			return // a command of the test harness (/block runs until aborted), not an input to lapd
-		}
 		status, out := fe.call(t, http.MethodPost, "/agents/"+fe.agent.ID+"/session", "application/json", body)
 		if status == http.StatusCreated {
 			var s api.Session
@@ -163,34 +162,17 @@ func FuzzSendMessage(f *testing.F) {
 	fe := newFuzzEnv(f)
 	for _, stream := range []bool{false, true} {
 		for _, s := range append([]string{`{"text": "hello"}`, `{"parts": [{"type": "text", "text": "hi"}], "model": "mock/echo"}`,
-			`{"text": "hi", "model": "a b"}`}, bodySeeds...) {
+			`{"text": "hi", "model": "a b"}`, `{"text": "/block"}`}, bodySeeds...) {
 			f.Add(stream, []byte(s))
 		}
 	}
 	f.Fuzz(func(t *testing.T, stream bool, body []byte) {
-		if scripted(body) {
-			return // a command of the test harness (/block runs until aborted), not an input to lapd
-		}
 		path := "/sessions/" + fe.session.ID + "/message"
 		if stream {
 			path += "_stream"
 		}
 		fe.call(t, http.MethodPost, path, "application/json", body)
 	})
-}
-
-// scripted reports whether body is a message whose text the test
-// harness would take as one of its commands (sandboxestest.Harness).
-func scripted(body []byte) bool {
-	var req api.SendMessageRequest
-	if json.Unmarshal(body, &req) != nil {
-		return false
-	}
-	text := req.Text
-	for _, p := range req.Parts {
-		text += p.Text
-	}
-	return strings.HasPrefix(strings.TrimSpace(text), "/")
 }
 
 // FuzzContentType: any body under any Content-Type on the agent create

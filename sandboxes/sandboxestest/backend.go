@@ -32,6 +32,9 @@ type Options struct {
 	BeforeProvision func(ctx context.Context, spec sandboxes.Spec) error
 	// Heartbeat is the interval of server.heartbeat events; 0 means 10s.
 	Heartbeat time.Duration
+	// EchoOnly makes every harness echo what it is sent, taking no text
+	// as a script command, so fuzzing can send lapd any text at all.
+	EchoOnly bool
 }
 
 // Backend runs sandboxes as in-process HTTP servers.
@@ -114,6 +117,7 @@ func (b *Backend) Provision(ctx context.Context, spec sandboxes.Spec) (sandboxes
 	bx := &box{spec: spec, env: env}
 	bx.harness = NewHarness(env["HARNESS_AUTH_TOKEN"], env)
 	bx.harness.heartbeat = b.opts.Heartbeat
+	bx.harness.echoOnly = b.opts.EchoOnly
 	b.mu.Lock()
 	if _, dup := b.boxes[spec.ID]; dup {
 		b.mu.Unlock()

@@ -39,6 +39,8 @@ type Harness struct {
 	crash func()
 	// heartbeat is the interval of server.heartbeat events.
 	heartbeat time.Duration
+	// echoOnly turns the script off: every message is echoed.
+	echoOnly bool
 
 	mu       sync.Mutex
 	sessions map[string]*hsession
@@ -213,7 +215,7 @@ func (h *Harness) sendMessage(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusConflict, map[string]string{"error": "session is busy"})
 		return
 	}
-	if strings.TrimSpace(req.Text()) == "/crash" {
+	if !h.echoOnly && strings.TrimSpace(req.Text()) == "/crash" {
 		if h.crash != nil {
 			h.crash()
 		}
@@ -277,7 +279,11 @@ func (h *Harness) turn(ctx context.Context, s *hsession, req protocol.SendMessag
 			return true
 		}
 	}
-	switch cmd, arg, _ := strings.Cut(text, " "); cmd {
+	cmd, arg, _ := strings.Cut(text, " ")
+	if h.echoOnly {
+		cmd = ""
+	}
+	switch cmd {
 	case "/block":
 		wait(0)
 		failure = &protocol.MessageError{Name: "Aborted", Message: "the turn was aborted"}
