@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"lap.dev/lap/control/api"
 	"lap.dev/lap/sandboxes"
 	"lap.dev/lap/store"
 )
@@ -70,13 +69,7 @@ func (s *Server) noteCrash(ctx context.Context, sess store.Session, bsb sandboxe
 		tail = "(its output could not be read: " + err.Error() + ")"
 	}
 	reason := fmt.Sprintf("the harness crashed %d times within %s; its last output:\n%s", n, crashWindow, strings.TrimSpace(tail))
-	if _, err := s.updateSession(context.WithoutCancel(ctx), sess.ID, func(cur *store.Session) error {
-		if cur.Status == api.SessionDead {
-			return errSessionEnded
-		}
-		cur.Status, cur.Phase, cur.FailureReason = api.SessionFailed, "", reason
-		return nil
-	}); err != nil {
+	if _, _, err := s.mark(context.WithoutCancel(ctx), sess.ID, failed(reason)); err != nil {
 		return err
 	}
 	return harnessFailure("session %s failed: %s", sess.ID, reason)

@@ -3,7 +3,6 @@ package control
 import (
 	"context"
 	"errors"
-	"net/http"
 	"time"
 
 	"lap.dev/lap/control/api"
@@ -70,7 +69,7 @@ func (s *Server) suspendIdle(ctx context.Context, now time.Time) {
 			switch {
 			case err == nil:
 				s.log.Info("idle session suspended", "session", id, "idle_for", now.Sub(sess.LastActiveAt).Round(time.Second))
-			case errors.Is(err, errSessionEnded), isStatusError(err, http.StatusConflict), isStatusError(err, http.StatusServiceUnavailable), ctx.Err() != nil:
+			case errors.Is(err, errEnded), errors.Is(err, errBusy), errors.Is(err, errUnavailable), ctx.Err() != nil:
 				// Ended, a turn started meanwhile, or lapd is stopping.
 			default:
 				s.log.Warn("idle reaper: suspend session", "session", id, "err", err)
@@ -80,10 +79,4 @@ func (s *Server) suspendIdle(ctx context.Context, now time.Time) {
 	for range n {
 		<-done
 	}
-}
-
-// isStatusError reports whether err is an API error with status.
-func isStatusError(err error, status int) bool {
-	var ae *apiError
-	return errors.As(err, &ae) && ae.status == status
 }

@@ -29,12 +29,10 @@ func (s *Server) passThrough(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	switch sess.Status {
-	case api.SessionDead:
-		return conflict("session %s has ended", sess.ID)
-	case api.SessionFailed:
-		return conflict("session %s failed: %s", sess.ID, sess.FailureReason)
-	case api.SessionCreating:
+	if err := readyErr(sess, nil); err != nil {
+		return err
+	}
+	if sess.Status == api.SessionCreating {
 		if sess, err = s.waitReady(ctx, sess.ID); err != nil {
 			return err
 		}

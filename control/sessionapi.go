@@ -239,17 +239,7 @@ func (s *Server) restartSession(c *fiber.Ctx) error {
 		return err
 	}
 	defer release()
-	sess, err = s.updateSession(ctx, sess.ID, func(cur *store.Session) error {
-		switch cur.Status {
-		case api.SessionDead:
-			return conflict("session %s has ended; create a new one", cur.ID)
-		case api.SessionCreating:
-			return conflict("session %s is already starting", cur.ID)
-		}
-		cur.Status, cur.Phase, cur.FailureReason = api.SessionCreating, phaseRestarting, ""
-		return nil
-	})
-	if err != nil {
+	if _, sess, err = s.mark(ctx, sess.ID, restarting()); err != nil {
 		return err
 	}
 	s.goBackground(func(ctx context.Context) {

@@ -23,15 +23,15 @@ const abortGrace = 10 * time.Second
 // error.
 type abortReason struct {
 	name, message string
-	status        int // the HTTP status the sender of the turn gets
+	kind          error // the kind of failure the sender of the turn gets
 }
 
 var (
-	abortUser       = abortReason{"Aborted", "the turn was aborted", http.StatusConflict}
-	abortClientGone = abortReason{"Aborted", "the client disconnected from the stream", http.StatusConflict}
-	abortShutdown   = abortReason{"Aborted", "lapd is shutting down", http.StatusServiceUnavailable}
-	abortEnded      = abortReason{"Aborted", "the session was deleted", http.StatusConflict}
-	abortTimeout    = abortReason{"Timeout", "the turn ran longer than LAP_TURN_TIMEOUT", http.StatusGatewayTimeout}
+	abortUser       = abortReason{"Aborted", "the turn was aborted", errAborted}
+	abortClientGone = abortReason{"Aborted", "the client disconnected from the stream", errAborted}
+	abortShutdown   = abortReason{"Aborted", "lapd is shutting down", errUnavailable}
+	abortEnded      = abortReason{"Aborted", "the session was deleted", errEnded}
+	abortTimeout    = abortReason{"Timeout", "the turn ran longer than LAP_TURN_TIMEOUT", errTimeout}
 )
 
 // turn is one user message on its way through a session's harness. Its
@@ -76,10 +76,10 @@ func (s *Server) reserve(id string, t *turn) (release func(), err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining.Load() {
-		return nil, unavailable("lapd is shutting down; retry shortly")
+		return nil, errShuttingDown
 	}
 	if _, busy := s.active[id]; busy {
-		return nil, conflict("a turn is already running on session %s; wait for it or POST %s/sessions/%s/abort", id, api.BasePath, id)
+		return nil, busyError(id)
 	}
 	s.active[id] = t
 	if t != nil {
@@ -102,11 +102,8 @@ func (s *Server) reserve(id string, t *turn) (release func(), err error) {
 // sees it) and reserves the session for the turn. The caller must call
 // run on the returned turn.
 func (s *Server) beginTurn(ctx context.Context, sess store.Session, parts []protocol.InputPart, model string) (*turn, error) {
-	switch sess.Status {
-	case api.SessionDead:
-		return nil, conflict("session %s has ended", sess.ID)
-	case api.SessionFailed:
-		return nil, conflict("session %s failed: %s; POST %s/sessions/%s/restart to start it again", sess.ID, sess.FailureReason, api.BasePath, sess.ID)
+	if err := acceptsTurn(sess); err != nil {
+		return nil, err
 	}
 	t := &turn{s: s, sessionID: sess.ID, parts: parts, model: model, started: time.Now(), aborted: make(chan struct{})}
 	release, err := s.reserve(sess.ID, t)
@@ -328,10 +325,7 @@ func (s *Server) reopenHarnessSession(ctx context.Context, sess store.Session, t
 	if err != nil {
 		return tgt, err
 	}
-	if _, err := s.updateSession(ctx, sess.ID, func(cur *store.Session) error {
-		cur.HarnessSessionID = hs.ID
-		return nil
-	}); err != nil {
+	if _, _, err := s.mark(ctx, sess.ID, harnessReopened(hs.ID)); err != nil {
 		return tgt, err
 	}
 	tgt.sessionID = hs.ID
@@ -393,7 +387,7 @@ func (t *turn) finish(ctx context.Context, msg protocol.Message) (api.Message, e
 	s.publishMessage(asst)
 	out := renderMessage(asst)
 	if outcome == outcomeTimeout {
-		return out, newAPIError(http.StatusGatewayTimeout, api.CodeTimeout, "%s (%s)", abortTimeout.message, s.cfg.TurnTimeout)
+		return out, errorf(errTimeout, "%s (%s)", abortTimeout.message, s.cfg.TurnTimeout)
 	}
 	return out, nil
 }
@@ -412,23 +406,19 @@ func (t *turn) fail(ctx context.Context, cause error) (api.Message, error) {
 		if t.reason == abortTimeout {
 			outcome = outcomeTimeout
 		}
-		code := api.CodeConflict
-		if c, ok := codes[t.reason.status]; ok {
-			code = c
-		}
-		out = newAPIError(t.reason.status, code, "%s", t.reason.message)
+		out = errorf(t.reason.kind, "%s", t.reason.message)
 	case isStatus(cause, http.StatusConflict):
 		out = conflict("the harness of session %s is busy with another turn", t.sessionID)
 	default:
 		out = cause
-		// What lapd cannot classify went wrong on the way to or in the
+		// What lapd cannot name went wrong on the way to or in the
 		// harness (connection lost, bad answer, backend failure).
-		if status, _ := classify(cause); status == http.StatusInternalServerError {
+		if !known(cause) {
 			out = harnessFailure("session %s: %v", t.sessionID, cause)
 		}
 	}
-	if errors.Is(cause, errSessionEnded) {
-		out = conflict("session %s has ended", t.sessionID)
+	if errors.Is(cause, errEnded) {
+		out = endedError(t.sessionID)
 	}
 	user, _, err := s.store.FinishTurn(context.WithoutCancel(ctx), store.TurnResult{
 		SessionID: t.sessionID, UserSeq: t.user.Seq, UserStatus: store.MessageFailed, UserError: &e,
@@ -470,20 +460,6 @@ func (s *Server) waitReady(ctx context.Context, id string) (store.Session, error
 			return sess, ctx.Err()
 		}
 	}
-}
-
-// readyErr says why a session that is no longer creating cannot take a
-// turn (nil when it can).
-func readyErr(sess store.Session, err error) error {
-	switch {
-	case err != nil:
-		return err
-	case sess.Status == api.SessionFailed:
-		return conflict("session %s failed: %s", sess.ID, sess.FailureReason)
-	case sess.Status == api.SessionDead:
-		return conflict("session %s has ended", sess.ID)
-	}
-	return nil
 }
 
 // modelRef turns "provider/model" into the harness's model reference.
