@@ -20,9 +20,9 @@ var (
 	errUnauthorized     = errors.New("unauthorized")
 	errNotFound         = errors.New("not found")
 	errConflict         = errors.New("conflict")
-	errBusy             = errors.New("session busy")    // a turn or job already runs on it
-	errEnded            = errors.New("session ended")   // deleted by the user
-	errFailed           = errors.New("session failed")  // needs a restart before its next turn
+	errBusy             = errors.New("session busy")   // a turn or job already runs on it
+	errEnded            = errors.New("session ended")  // deleted by the user
+	errFailed           = errors.New("session failed") // needs a restart before its next turn
 	errNotReady         = errors.New("session not ready")
 	errAborted          = errors.New("turn aborted")
 	errUnsupportedMedia = errors.New("unsupported media type")

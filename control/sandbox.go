@@ -140,4 +140,3 @@ func backendRecord(sb store.Sandbox) (sandboxes.Sandbox, error) {
 func targetOf(sb store.Sandbox, bsb sandboxes.Sandbox, harnessSession string) target {
 	return target{sandboxID: sb.ID, endpoint: bsb.Endpoint, token: sb.HarnessToken, sessionID: harnessSession}
 }
-
