@@ -56,7 +56,7 @@ func (s *Server) createAgent(c *fiber.Ctx) error {
 		WarmPoolSize: req.WarmPoolSize,
 		MaxBudgetUSD: req.MaxBudgetUSD,
 	}
-	if err := s.sealEnv(&a, req.EnvVars); err != nil {
+	if err := s.o.sealEnv(&a, req.EnvVars); err != nil {
 		return err
 	}
 	a, err := s.store.CreateAgent(ctx, a)
@@ -66,7 +66,7 @@ func (s *Server) createAgent(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	if err := s.ensureAgent(ctx, a); err != nil {
+	if err := s.o.ensureAgent(ctx, a); err != nil {
 		// Without its backend resources the agent cannot run; do not
 		// leave a record that looks usable.
 		if derr := s.store.DeleteAgent(context.WithoutCancel(ctx), a.ID); derr != nil {
@@ -74,13 +74,13 @@ func (s *Server) createAgent(c *fiber.Ctx) error {
 		}
 		return fmt.Errorf("create agent %s on the %s backend: %w", a.Name, s.backend.Name(), err)
 	}
-	s.pool.use(a.ID) // its first session should find a warm sandbox
+	s.o.pool.use(a.ID) // its first session should find a warm sandbox
 	s.log.Info("agent created", "agent", a.ID, "name", a.Name, "harness", a.HarnessID, "model", a.Model)
 	return c.Status(http.StatusCreated).JSON(apiAgent(a))
 }
 
 // sealEnv stores env's names in the clear and its values encrypted.
-func (s *Server) sealEnv(a *store.Agent, env map[string]string) error {
+func (o *orchestrator) sealEnv(a *store.Agent, env map[string]string) error {
 	if len(env) == 0 {
 		a.EnvNames, a.SealedEnv = nil, nil
 		return nil
@@ -90,17 +90,17 @@ func (s *Server) sealEnv(a *store.Agent, env map[string]string) error {
 		return err
 	}
 	a.EnvNames = slices.Sorted(maps.Keys(env))
-	a.SealedEnv = s.secrets.Seal(plain, a.ID)
+	a.SealedEnv = o.secrets.Seal(plain, a.ID)
 	return nil
 }
 
 // openEnv decrypts the agent's env_vars.
-func (s *Server) openEnv(a store.Agent) (map[string]string, error) {
+func (o *orchestrator) openEnv(a store.Agent) (map[string]string, error) {
 	env := map[string]string{}
 	if len(a.SealedEnv) == 0 {
 		return env, nil
 	}
-	plain, err := s.secrets.Open(a.SealedEnv, a.ID)
+	plain, err := o.secrets.Open(a.SealedEnv, a.ID)
 	if err != nil {
 		return nil, fmt.Errorf("env_vars of agent %s: %w (was ENCRYPTION_KEY or %s changed?)", a.Name, err, "encryption.key")
 	}
@@ -111,8 +111,8 @@ func (s *Server) openEnv(a store.Agent) (map[string]string, error) {
 }
 
 // agentSpec is what a backend learns about an agent (ARCHITECTURE §5).
-func (s *Server) agentSpec(a store.Agent) (sandboxes.AgentSpec, error) {
-	env, err := s.openEnv(a)
+func (o *orchestrator) agentSpec(a store.Agent) (sandboxes.AgentSpec, error) {
+	env, err := o.openEnv(a)
 	if err != nil {
 		return sandboxes.AgentSpec{}, err
 	}
@@ -126,18 +126,18 @@ func (s *Server) agentSpec(a store.Agent) (sandboxes.AgentSpec, error) {
 			"BRANCH":           a.Branch,
 			"AGENT_PROMPT":     a.Prompt,
 			"LAP_MODEL":        a.Model,
-			"LITELLM_API_BASE": s.cfg.SandboxGatewayURL,
+			"LITELLM_API_BASE": o.cfg.SandboxGatewayURL,
 		},
 		Secrets: env,
 	}, nil
 }
 
-func (s *Server) ensureAgent(ctx context.Context, a store.Agent) error {
-	spec, err := s.agentSpec(a)
+func (o *orchestrator) ensureAgent(ctx context.Context, a store.Agent) error {
+	spec, err := o.agentSpec(a)
 	if err != nil {
 		return err
 	}
-	return s.backend.EnsureAgent(ctx, spec)
+	return o.backend.EnsureAgent(ctx, spec)
 }
 
 func apiAgent(a store.Agent) api.Agent {
@@ -164,8 +164,8 @@ func apiAgent(a store.Agent) api.Agent {
 }
 
 // resolveAgent finds the agent a path names by id, name or short id.
-func (s *Server) resolveAgent(ctx context.Context, ref string) (store.Agent, error) {
-	a, err := s.store.ResolveAgent(ctx, ref)
+func (o *orchestrator) resolveAgent(ctx context.Context, ref string) (store.Agent, error) {
+	a, err := o.store.ResolveAgent(ctx, ref)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return a, notFound("agent %s not found", ref)
@@ -205,7 +205,7 @@ func (s *Server) listAgents(c *fiber.Ctx) error {
 }
 
 func (s *Server) getAgent(c *fiber.Ctx) error {
-	a, err := s.resolveAgent(c.UserContext(), c.Params("id"))
+	a, err := s.o.resolveAgent(c.UserContext(), c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -214,7 +214,7 @@ func (s *Server) getAgent(c *fiber.Ctx) error {
 
 func (s *Server) updateAgent(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	a, err := s.resolveAgent(ctx, c.Params("id"))
+	a, err := s.o.resolveAgent(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -259,13 +259,13 @@ func (s *Server) updateAgent(c *fiber.Ctx) error {
 	specChanged := next.HarnessID != a.HarnessID || next.Model != a.Model || next.Prompt != a.Prompt ||
 		next.RepoURL != a.RepoURL || next.Branch != a.Branch
 	if req.EnvVars != nil {
-		old, err := s.openEnv(a)
+		old, err := s.o.openEnv(a)
 		if err != nil {
 			return err
 		}
 		if !maps.Equal(old, *req.EnvVars) {
 			specChanged = true
-			if err := s.sealEnv(&next, *req.EnvVars); err != nil {
+			if err := s.o.sealEnv(&next, *req.EnvVars); err != nil {
 				return err
 			}
 		}
@@ -285,17 +285,17 @@ func (s *Server) updateAgent(c *fiber.Ctx) error {
 	}
 	if specChanged {
 		// New sandboxes get the new spec; running sessions keep theirs.
-		if err := s.ensureAgent(ctx, updated); err != nil {
+		if err := s.o.ensureAgent(ctx, updated); err != nil {
 			return fmt.Errorf("update agent %s on the %s backend: %w", a.Name, s.backend.Name(), err)
 		}
 	}
-	s.pool.use(a.ID) // replaces warm sandboxes of the old generation, resizes the pool
+	s.o.pool.use(a.ID) // replaces warm sandboxes of the old generation, resizes the pool
 	return c.JSON(apiAgent(updated))
 }
 
 func (s *Server) deleteAgent(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	a, err := s.resolveAgent(ctx, c.Params("id"))
+	a, err := s.o.resolveAgent(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -309,7 +309,7 @@ func (s *Server) deleteAgent(c *fiber.Ctx) error {
 		}
 		for _, sess := range page {
 			if sess.Status != api.SessionDead {
-				if err := s.endSession(ctx, sess.ID); err != nil {
+				if err := s.o.endSession(ctx, sess.ID); err != nil {
 					return err
 				}
 			}
@@ -325,11 +325,11 @@ func (s *Server) deleteAgent(c *fiber.Ctx) error {
 		return err
 	}
 	for _, sb := range live {
-		if err := s.destroySandbox(ctx, sb); err != nil {
+		if err := s.o.destroySandbox(ctx, sb); err != nil {
 			return err
 		}
 	}
-	spec, err := s.agentSpec(a)
+	spec, err := s.o.agentSpec(a)
 	if err != nil {
 		return err
 	}
@@ -339,7 +339,7 @@ func (s *Server) deleteAgent(c *fiber.Ctx) error {
 	if err := s.store.DeleteAgent(ctx, a.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
-	s.pool.forget(a.ID)
+	s.o.pool.forget(a.ID)
 	s.log.Info("agent deleted", "agent", a.ID, "name", a.Name)
 	return c.SendStatus(http.StatusNoContent)
 }

@@ -15,8 +15,8 @@ import (
 // history returns the session's completed conversation, user and
 // assistant text, for replay into a new harness session. beforeSeq > 0
 // leaves out messages from that seq on (the turn being sent).
-func (s *Server) history(ctx context.Context, id string, beforeSeq int64) ([]protocol.Message, error) {
-	msgs, err := s.store.ListMessages(ctx, id, 0, 0)
+func (o *orchestrator) history(ctx context.Context, id string, beforeSeq int64) ([]protocol.Message, error) {
+	msgs, err := o.store.ListMessages(ctx, id, 0, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -45,17 +45,17 @@ func (s *Server) history(ctx context.Context, id string, beforeSeq int64) ([]pro
 // same sandbox, or, when the backend says it is gone, a new sandbox with
 // the history replayed. force skips the fast path (the caller saw the
 // harness fail to answer).
-func (s *Server) ensureRunning(ctx context.Context, sess store.Session, force bool, beforeSeq int64) (target, store.Session, error) {
+func (o *orchestrator) ensureRunning(ctx context.Context, sess store.Session, force bool, beforeSeq int64) (target, store.Session, error) {
 	if sess.SandboxID == "" {
-		return s.attachSandbox(ctx, sess.ID, phaseRecovering, beforeSeq)
+		return o.attachSandbox(ctx, sess.ID, phaseRecovering, beforeSeq)
 	}
-	sb, err := s.store.GetSandbox(ctx, sess.SandboxID)
+	sb, err := o.store.GetSandbox(ctx, sess.SandboxID)
 	if err != nil {
 		return target{}, sess, err
 	}
 	bsb, err := backendRecord(sb)
 	if err != nil || !sb.Live() {
-		return s.attachSandbox(ctx, sess.ID, phaseRecovering, beforeSeq)
+		return o.attachSandbox(ctx, sess.ID, phaseRecovering, beforeSeq)
 	}
 	if !force && sess.Status == api.SessionReady && bsb.Running && sb.State == store.SandboxClaimed {
 		return targetOf(sb, bsb, sess.HarnessSessionID), sess, nil
@@ -66,20 +66,20 @@ func (s *Server) ensureRunning(ctx context.Context, sess store.Session, force bo
 	phase := phaseResuming
 	if sb.State == store.SandboxClaimed {
 		phase = phaseRecovering
-		if err := s.noteCrash(ctx, sess, bsb); err != nil {
+		if err := o.noteCrash(ctx, sess, bsb); err != nil {
 			return target{}, sess, err
 		}
 	}
-	if err := s.markPhase(ctx, sess.ID, phase); err != nil {
+	if err := o.markPhase(ctx, sess.ID, phase); err != nil {
 		return target{}, sess, err
 	}
-	bsb, err = s.backend.Resume(ctx, bsb)
+	bsb, err = o.backend.Resume(ctx, bsb)
 	if errors.Is(err, sandboxes.ErrGone) || errors.Is(err, sandboxes.ErrNotFound) {
-		s.log.Info("sandbox gone; provisioning a new one", "session", sess.ID, "sandbox", sb.ID, "err", err)
-		return s.attachSandbox(ctx, sess.ID, phaseRecovering, beforeSeq)
+		o.log.Info("sandbox gone; provisioning a new one", "session", sess.ID, "sandbox", sb.ID, "err", err)
+		return o.attachSandbox(ctx, sess.ID, phaseRecovering, beforeSeq)
 	}
 	if err != nil {
-		s.markPhase(context.WithoutCancel(ctx), sess.ID, "resume failed: "+err.Error())
+		o.markPhase(context.WithoutCancel(ctx), sess.ID, "resume failed: "+err.Error())
 		return target{}, sess, fmt.Errorf("resume sandbox of session %s: %w", sess.ID, err)
 	}
 	raw, err := json.Marshal(bsb)
@@ -87,13 +87,13 @@ func (s *Server) ensureRunning(ctx context.Context, sess store.Session, force bo
 		return target{}, sess, err
 	}
 	keep := context.WithoutCancel(ctx)
-	if sb, err = s.store.UpdateSandbox(keep, sb.ID, func(x *store.Sandbox) error {
+	if sb, err = o.store.UpdateSandbox(keep, sb.ID, func(x *store.Sandbox) error {
 		x.State, x.Backend = store.SandboxClaimed, raw
 		return nil
 	}); err != nil {
 		return target{}, sess, err
 	}
-	if _, sess, err = s.mark(keep, sess.ID, resumed()); err != nil {
+	if _, sess, err = o.mark(keep, sess.ID, resumed()); err != nil {
 		return target{}, sess, err
 	}
 	return targetOf(sb, bsb, sess.HarnessSessionID), sess, nil
@@ -106,51 +106,51 @@ func (s *Server) ensureRunning(ctx context.Context, sess store.Session, force bo
 // beforeSeq replayed (0: all of it), and marks the session attached to
 // it (ready). The sandbox it replaces, if still live, is retired; on
 // failure the new one is.
-func (s *Server) attachSandbox(ctx context.Context, id, phase string, beforeSeq int64) (target, store.Session, error) {
-	if err := s.markPhase(ctx, id, phase); err != nil {
+func (o *orchestrator) attachSandbox(ctx context.Context, id, phase string, beforeSeq int64) (target, store.Session, error) {
+	if err := o.markPhase(ctx, id, phase); err != nil {
 		return target{}, store.Session{}, err
 	}
-	sess, err := s.store.GetSession(ctx, id)
+	sess, err := o.store.GetSession(ctx, id)
 	if err != nil {
 		return target{}, sess, err
 	}
-	a, err := s.store.GetAgent(ctx, sess.AgentID)
+	a, err := o.store.GetAgent(ctx, sess.AgentID)
 	if err != nil {
 		return target{}, sess, err
 	}
-	sb, bsb, err := s.provisionSandbox(ctx, a, sandboxes.RoleSession, id)
+	sb, bsb, err := o.provisionSandbox(ctx, a, sandboxes.RoleSession, id)
 	if err != nil {
 		return target{}, sess, err
 	}
-	tgt, sess, err := s.openOn(ctx, sess, a, sb, bsb, beforeSeq)
+	tgt, sess, err := o.openOn(ctx, sess, a, sb, bsb, beforeSeq)
 	if err != nil {
-		s.retireSandbox(sb, err.Error())
+		o.retireSandbox(sb, err.Error())
 	}
 	return tgt, sess, err
 }
 
 // openOn opens the session's harness session, with its history, on the
 // new sandbox sb and marks the session attached to it.
-func (s *Server) openOn(ctx context.Context, sess store.Session, a store.Agent, sb store.Sandbox, bsb sandboxes.Sandbox, beforeSeq int64) (target, store.Session, error) {
-	if err := s.markPhase(ctx, sess.ID, phaseStarting); err != nil {
+func (o *orchestrator) openOn(ctx context.Context, sess store.Session, a store.Agent, sb store.Sandbox, bsb sandboxes.Sandbox, beforeSeq int64) (target, store.Session, error) {
+	if err := o.markPhase(ctx, sess.ID, phaseStarting); err != nil {
 		return target{}, sess, err
 	}
-	history, err := s.history(ctx, sess.ID, beforeSeq)
+	history, err := o.history(ctx, sess.ID, beforeSeq)
 	if err != nil {
 		return target{}, sess, err
 	}
-	hs, err := s.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{Title: sess.Title, History: history})
+	hs, err := o.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{Title: sess.Title, History: history})
 	if err != nil {
 		return target{}, sess, err
 	}
 	// The backend acted: record it even if ctx ended meanwhile.
-	prev, sess, err := s.mark(context.WithoutCancel(ctx), sess.ID, attached(sb.ID, hs.ID, a.Generation))
+	prev, sess, err := o.mark(context.WithoutCancel(ctx), sess.ID, attached(sb.ID, hs.ID, a.Generation))
 	if err != nil {
 		return target{}, sess, err
 	}
 	if prev.SandboxID != "" && prev.SandboxID != sb.ID {
-		if old, err := s.store.GetSandbox(ctx, prev.SandboxID); err == nil && old.Live() {
-			s.retireSandbox(old, "replaced by sandbox "+sb.ID)
+		if old, err := o.store.GetSandbox(ctx, prev.SandboxID); err == nil && old.Live() {
+			o.retireSandbox(old, "replaced by sandbox "+sb.ID)
 		}
 	}
 	return targetOf(sb, bsb, hs.ID), sess, nil

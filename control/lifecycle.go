@@ -180,33 +180,33 @@ func ended() transition {
 // mark applies t to the stored session id in one store transaction and
 // tells the session's subscribers. It returns the session before and
 // after.
-func (s *Server) mark(ctx context.Context, id string, t transition) (prev, sess store.Session, err error) {
-	sess, err = s.store.UpdateSession(ctx, id, func(cur *store.Session) error {
+func (o *orchestrator) mark(ctx context.Context, id string, t transition) (prev, sess store.Session, err error) {
+	sess, err = o.store.UpdateSession(ctx, id, func(cur *store.Session) error {
 		prev = *cur
 		return t.on(cur)
 	})
 	if err != nil {
 		return prev, sess, err
 	}
-	s.publishSession(ctx, sess)
+	o.publishSession(ctx, sess)
 	return prev, sess, nil
 }
 
 // markPhase is mark for a progress transition, which needs only the
 // error.
-func (s *Server) markPhase(ctx context.Context, id, phase string) error {
-	_, _, err := s.mark(ctx, id, progressed(phase))
+func (o *orchestrator) markPhase(ctx context.Context, id, phase string) error {
+	_, _, err := o.mark(ctx, id, progressed(phase))
 	return err
 }
 
 // createWith stores the new session base in the state t (queued or
 // claimedWarm) leaves it.
-func (s *Server) createWith(ctx context.Context, base store.Session, t transition) (store.Session, error) {
+func (o *orchestrator) createWith(ctx context.Context, base store.Session, t transition) (store.Session, error) {
 	base.Status = statusNew
 	if err := t.on(&base); err != nil {
 		return store.Session{}, err
 	}
-	return s.store.CreateSession(ctx, base)
+	return o.store.CreateSession(ctx, base)
 }
 
 // acceptsTurn says why a session cannot take a new turn (nil when it

@@ -191,7 +191,7 @@ func TestMarkWritesTimeline(t *testing.T) {
 	sess := e.readySession("timeline")
 	ctx := t.Context()
 
-	_, got, err := e.srv.mark(ctx, sess.ID, failed("broken on purpose"))
+	_, got, err := e.srv.o.mark(ctx, sess.ID, failed("broken on purpose"))
 	require.NoError(t, err)
 	assert.Equal(t, api.SessionFailed, got.Status)
 	log, err := e.store.ListLog(ctx, sess.ID, 0)
@@ -201,7 +201,7 @@ func TestMarkWritesTimeline(t *testing.T) {
 	assert.Equal(t, store.LogStatus, last.Kind)
 	assert.Equal(t, "failed: broken on purpose", last.Message)
 
-	_, _, err = e.srv.mark(ctx, sess.ID, suspended())
+	_, _, err = e.srv.o.mark(ctx, sess.ID, suspended())
 	assert.ErrorIs(t, err, errConflict)
 	after, err := e.store.ListLog(ctx, sess.ID, 0)
 	require.NoError(t, err)

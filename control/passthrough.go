@@ -25,7 +25,7 @@ var passHeaders = []string{fiber.HeaderContentType, fiber.HeaderAccept, "Last-Ev
 // streams (so GET /event works too).
 func (s *Server) passThrough(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -33,17 +33,17 @@ func (s *Server) passThrough(c *fiber.Ctx) error {
 		return err
 	}
 	if sess.Status == api.SessionCreating {
-		if sess, err = s.waitReady(ctx, sess.ID); err != nil {
+		if sess, err = s.o.waitReady(ctx, sess.ID); err != nil {
 			return err
 		}
 	}
 	var tgt target
 	if sess.Status == api.SessionIdle {
-		release, err := s.reserve(sess.ID, nil)
+		release, err := s.o.reserve(sess.ID, nil)
 		if err != nil {
 			return err
 		}
-		tgt, sess, err = s.ensureRunning(ctx, sess, false, 0)
+		tgt, sess, err = s.o.ensureRunning(ctx, sess, false, 0)
 		release()
 		if err != nil {
 			return err
@@ -59,7 +59,7 @@ func (s *Server) passThrough(c *fiber.Ctx) error {
 		}
 		tgt = targetOf(sb, bsb, sess.HarnessSessionID)
 	}
-	s.touch(ctx, sess.ID)
+	s.o.touch(ctx, sess.ID)
 
 	path := "/" + c.Params("*")
 	if q := string(c.Request().URI().QueryString()); q != "" {
@@ -80,7 +80,7 @@ func (s *Server) passThrough(c *fiber.Ctx) error {
 	if tgt.token != "" {
 		req.Header.Set("Authorization", "Bearer "+tgt.token)
 	}
-	resp, err := s.harness.hc.Do(req)
+	resp, err := s.o.harness.hc.Do(req)
 	if err != nil {
 		cancel()
 		return harnessFailure("session %s: harness unreachable: %v", sess.ID, err)
@@ -124,11 +124,11 @@ func (s *Server) passThrough(c *fiber.Ctx) error {
 }
 
 // touch records activity on a session, so the idle reaper leaves it be.
-func (s *Server) touch(ctx context.Context, id string) {
-	if _, err := s.store.UpdateSession(ctx, id, func(cur *store.Session) error {
+func (o *orchestrator) touch(ctx context.Context, id string) {
+	if _, err := o.store.UpdateSession(ctx, id, func(cur *store.Session) error {
 		cur.LastActiveAt = time.Now().UTC()
 		return nil
 	}); err != nil {
-		s.log.Warn("record session activity", "session", id, "err", err)
+		o.log.Warn("record session activity", "session", id, "err", err)
 	}
 }

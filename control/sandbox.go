@@ -16,10 +16,10 @@ import (
 // provisionSandbox records and provisions a sandbox of agent a for
 // sessionID ("" for a warm one). The record exists before the backend
 // starts anything, so a crash mid-way leaves a trace Start cleans up.
-func (s *Server) provisionSandbox(ctx context.Context, a store.Agent, role, sessionID string) (store.Sandbox, sandboxes.Sandbox, error) {
+func (o *orchestrator) provisionSandbox(ctx context.Context, a store.Agent, role, sessionID string) (store.Sandbox, sandboxes.Sandbox, error) {
 	token := make([]byte, 24)
 	rand.Read(token)
-	sb, err := s.store.PutSandbox(ctx, store.Sandbox{
+	sb, err := o.store.PutSandbox(ctx, store.Sandbox{
 		ID:           store.NewID(),
 		AgentID:      a.ID,
 		Generation:   a.Generation,
@@ -33,22 +33,22 @@ func (s *Server) provisionSandbox(ctx context.Context, a store.Agent, role, sess
 	}
 	// Bookkeeping after the backend acted must happen even if ctx ended.
 	keep := context.WithoutCancel(ctx)
-	agent, err := s.agentSpec(a)
+	agent, err := o.agentSpec(a)
 	if err != nil {
-		s.markSandbox(keep, sb.ID, store.SandboxFailed, err.Error())
+		o.markSandbox(keep, sb.ID, store.SandboxFailed, err.Error())
 		return sb, sandboxes.Sandbox{}, err
 	}
-	bsb, err := s.backend.Provision(ctx, sandboxes.Spec{
+	bsb, err := o.backend.Provision(ctx, sandboxes.Spec{
 		ID:    sb.ID,
 		Role:  role,
 		Agent: agent,
 		Env: map[string]string{
 			"HARNESS_AUTH_TOKEN": sb.HarnessToken,
-			"LITELLM_API_KEY":    s.tokens.Mint(sandboxtoken.Claims{SandboxID: sb.ID, AgentID: a.ID}),
+			"LITELLM_API_KEY":    o.tokens.Mint(sandboxtoken.Claims{SandboxID: sb.ID, AgentID: a.ID}),
 		},
 	})
 	if err != nil {
-		s.markSandbox(keep, sb.ID, store.SandboxFailed, err.Error())
+		o.markSandbox(keep, sb.ID, store.SandboxFailed, err.Error())
 		return sb, sandboxes.Sandbox{}, fmt.Errorf("provision sandbox for agent %s: %w", a.Name, err)
 	}
 	state, harnessSession := store.SandboxClaimed, ""
@@ -58,10 +58,10 @@ func (s *Server) provisionSandbox(ctx context.Context, a store.Agent, role, sess
 		// harness write.
 		state = store.SandboxWarm
 		var hs protocol.SessionInfo
-		if hs, err = s.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{}); err != nil {
-			s.markSandbox(keep, sb.ID, store.SandboxFailed, err.Error())
-			if derr := s.backend.Destroy(keep, bsb); derr != nil {
-				s.log.Error("destroy sandbox whose harness opens no session", "sandbox", sb.ID, "err", derr)
+		if hs, err = o.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{}); err != nil {
+			o.markSandbox(keep, sb.ID, store.SandboxFailed, err.Error())
+			if derr := o.backend.Destroy(keep, bsb); derr != nil {
+				o.log.Error("destroy sandbox whose harness opens no session", "sandbox", sb.ID, "err", derr)
 			}
 			return sb, sandboxes.Sandbox{}, fmt.Errorf("provision sandbox for agent %s: %w", a.Name, err)
 		}
@@ -69,61 +69,61 @@ func (s *Server) provisionSandbox(ctx context.Context, a store.Agent, role, sess
 	}
 	raw, err := json.Marshal(bsb)
 	if err == nil {
-		sb, err = s.store.UpdateSandbox(keep, sb.ID, func(x *store.Sandbox) error {
+		sb, err = o.store.UpdateSandbox(keep, sb.ID, func(x *store.Sandbox) error {
 			x.State, x.Backend, x.HarnessSessionID = state, raw, harnessSession
 			return nil
 		})
 	}
 	if err != nil {
-		if derr := s.backend.Destroy(keep, bsb); derr != nil {
-			s.log.Error("destroy unrecorded sandbox", "sandbox", sb.ID, "err", derr)
+		if derr := o.backend.Destroy(keep, bsb); derr != nil {
+			o.log.Error("destroy unrecorded sandbox", "sandbox", sb.ID, "err", derr)
 		}
 		return sb, sandboxes.Sandbox{}, err
 	}
-	s.log.Info("sandbox provisioned", "sandbox", sb.ID, "agent", a.Name, "role", role, "session", sessionID)
+	o.log.Info("sandbox provisioned", "sandbox", sb.ID, "agent", a.Name, "role", role, "session", sessionID)
 	return sb, bsb, nil
 }
 
 // provisionWarm adds one warm sandbox to agent a's pool. It is the seam
 // for the warm-pool manager (which decides when and how many).
-func (s *Server) provisionWarm(ctx context.Context, a store.Agent) (store.Sandbox, error) {
-	sb, _, err := s.provisionSandbox(ctx, a, sandboxes.RoleWarm, "")
+func (o *orchestrator) provisionWarm(ctx context.Context, a store.Agent) (store.Sandbox, error) {
+	sb, _, err := o.provisionSandbox(ctx, a, sandboxes.RoleWarm, "")
 	return sb, err
 }
 
-func (s *Server) markSandbox(ctx context.Context, id, state, reason string) {
-	if _, err := s.store.UpdateSandbox(ctx, id, func(x *store.Sandbox) error {
+func (o *orchestrator) markSandbox(ctx context.Context, id, state, reason string) {
+	if _, err := o.store.UpdateSandbox(ctx, id, func(x *store.Sandbox) error {
 		x.State, x.Error = state, reason
 		return nil
 	}); err != nil {
-		s.log.Error("record sandbox state", "sandbox", id, "state", state, "err", err)
+		o.log.Error("record sandbox state", "sandbox", id, "state", state, "err", err)
 	}
 }
 
 // retireSandbox destroys a sandbox in the background and records it.
-func (s *Server) retireSandbox(sb store.Sandbox, reason string) {
-	s.goBackground(func(ctx context.Context) {
-		if err := s.destroySandbox(ctx, sb); err != nil {
-			s.log.Warn("retire sandbox", "sandbox", sb.ID, "reason", reason, "err", err)
+func (o *orchestrator) retireSandbox(sb store.Sandbox, reason string) {
+	o.goBackground(func(ctx context.Context) {
+		if err := o.destroySandbox(ctx, sb); err != nil {
+			o.log.Warn("retire sandbox", "sandbox", sb.ID, "reason", reason, "err", err)
 		}
 	})
 }
 
 // destroySandbox destroys a sandbox on the backend and marks it destroyed,
 // which also revokes its gateway token.
-func (s *Server) destroySandbox(ctx context.Context, sb store.Sandbox) error {
+func (o *orchestrator) destroySandbox(ctx context.Context, sb store.Sandbox) error {
 	// Revoke first: the token must die even if the backend is slow.
-	s.markSandbox(context.WithoutCancel(ctx), sb.ID, store.SandboxDestroyed, "")
+	o.markSandbox(context.WithoutCancel(ctx), sb.ID, store.SandboxDestroyed, "")
 	if len(sb.Backend) == 0 {
 		// Never provisioned (or the record was lost): the backend may
 		// still hold it by id.
-		return s.backend.Destroy(ctx, sandboxes.Sandbox{ID: sb.ID, AgentID: sb.AgentID, Generation: sb.Generation})
+		return o.backend.Destroy(ctx, sandboxes.Sandbox{ID: sb.ID, AgentID: sb.AgentID, Generation: sb.Generation})
 	}
 	bsb, err := backendRecord(sb)
 	if err != nil {
 		return err
 	}
-	return s.backend.Destroy(ctx, bsb)
+	return o.backend.Destroy(ctx, bsb)
 }
 
 func backendRecord(sb store.Sandbox) (sandboxes.Sandbox, error) {

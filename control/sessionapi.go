@@ -21,8 +21,8 @@ const maxWait = 10 * time.Minute
 var sessionStatuses = []string{api.SessionCreating, api.SessionReady, api.SessionIdle, api.SessionFailed, api.SessionDead}
 
 // resolveSession finds the session a path names by id or short id.
-func (s *Server) resolveSession(ctx context.Context, ref string) (store.Session, error) {
-	sess, err := s.store.ResolveSession(ctx, ref)
+func (o *orchestrator) resolveSession(ctx context.Context, ref string) (store.Session, error) {
+	sess, err := o.store.ResolveSession(ctx, ref)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return sess, notFound("session %s not found", ref)
@@ -34,7 +34,7 @@ func (s *Server) resolveSession(ctx context.Context, ref string) (store.Session,
 
 func (s *Server) createSession(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	a, err := s.resolveAgent(ctx, c.Params("id"))
+	a, err := s.o.resolveAgent(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -48,14 +48,14 @@ func (s *Server) createSession(c *fiber.Ctx) error {
 	if err := p.err(); err != nil {
 		return err
 	}
-	if s.draining.Load() {
+	if s.o.draining.Load() {
 		return unavailable("lapd is shutting down; retry shortly")
 	}
-	sess, err := s.openSession(ctx, a, req)
+	sess, err := s.o.openSession(ctx, a, req)
 	if err != nil {
 		return err
 	}
-	return c.Status(http.StatusCreated).JSON(s.apiSession(ctx, sess, a.Name))
+	return c.Status(http.StatusCreated).JSON(s.o.apiSession(ctx, sess, a.Name))
 }
 
 func (s *Server) listSessions(c *fiber.Ctx) error {
@@ -69,7 +69,7 @@ func (s *Server) listSessions(c *fiber.Ctx) error {
 		return badRequest("status %q must be one of %v", f.Status, sessionStatuses)
 	}
 	if ref := c.Query("agent_id"); ref != "" {
-		a, err := s.resolveAgent(ctx, ref)
+		a, err := s.o.resolveAgent(ctx, ref)
 		if err != nil {
 			return err
 		}
@@ -89,14 +89,14 @@ func (s *Server) listSessions(c *fiber.Ctx) error {
 			}
 			names[sess.AgentID] = name
 		}
-		out = append(out, s.apiSession(ctx, sess, name))
+		out = append(out, s.o.apiSession(ctx, sess, name))
 	}
 	return c.JSON(api.List[api.Session]{Data: out, NextCursor: next})
 }
 
 func (s *Server) getSession(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -112,7 +112,7 @@ func (s *Server) getSession(c *fiber.Ctx) error {
 		}
 		if sess.Status == api.SessionCreating {
 			wctx, cancel := context.WithTimeout(ctx, timeout)
-			got, err := s.waitReady(wctx, sess.ID)
+			got, err := s.o.waitReady(wctx, sess.ID)
 			cancel()
 			switch {
 			case err == nil, got.ID != "" && (got.Status == api.SessionFailed || got.Status == api.SessionDead):
@@ -127,16 +127,16 @@ func (s *Server) getSession(c *fiber.Ctx) error {
 			}
 		}
 	}
-	return c.JSON(s.apiSession(ctx, sess, ""))
+	return c.JSON(s.o.apiSession(ctx, sess, ""))
 }
 
 func (s *Server) deleteSession(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
-	if err := s.endSession(ctx, sess.ID); err != nil {
+	if err := s.o.endSession(ctx, sess.ID); err != nil {
 		return err
 	}
 	return c.SendStatus(http.StatusNoContent)
@@ -174,16 +174,16 @@ func (s *Server) startTurnFromRequest(c *fiber.Ctx) (*turn, error) {
 			return nil, err
 		}
 	}
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return nil, err
 	}
-	return s.beginTurn(ctx, sess, parts, req.Model)
+	return s.o.beginTurn(ctx, sess, parts, req.Model)
 }
 
 func (s *Server) listMessages(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -215,13 +215,13 @@ func (s *Server) listMessages(c *fiber.Ctx) error {
 }
 
 func (s *Server) abortSession(c *fiber.Ctx) error {
-	sess, err := s.resolveSession(c.UserContext(), c.Params("id"))
+	sess, err := s.o.resolveSession(c.UserContext(), c.Params("id"))
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	t := s.active[sess.ID]
-	s.mu.Unlock()
+	s.o.mu.Lock()
+	t := s.o.active[sess.ID]
+	s.o.mu.Unlock()
 	if t != nil {
 		t.abort(abortUser)
 	}
@@ -230,27 +230,27 @@ func (s *Server) abortSession(c *fiber.Ctx) error {
 
 func (s *Server) restartSession(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
-	release, err := s.reserve(sess.ID, nil)
+	release, err := s.o.reserve(sess.ID, nil)
 	if err != nil {
 		return err
 	}
 	defer release()
-	if _, sess, err = s.mark(ctx, sess.ID, restarting()); err != nil {
+	if _, sess, err = s.o.mark(ctx, sess.ID, restarting()); err != nil {
 		return err
 	}
-	s.goBackground(func(ctx context.Context) {
-		s.provisionSession(ctx, sess.ID, phaseProvisioning)
+	s.o.goBackground(func(ctx context.Context) {
+		s.o.provisionSession(ctx, sess.ID, phaseProvisioning)
 	})
-	return c.Status(http.StatusAccepted).JSON(s.apiSession(ctx, sess, ""))
+	return c.Status(http.StatusAccepted).JSON(s.o.apiSession(ctx, sess, ""))
 }
 
 // timeline merges the session's status/phase log with its messages.
-func (s *Server) timeline(ctx context.Context, id string) ([]api.LogEntry, error) {
-	entries, err := s.store.ListLog(ctx, id, 0)
+func (o *orchestrator) timeline(ctx context.Context, id string) ([]api.LogEntry, error) {
+	entries, err := o.store.ListLog(ctx, id, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -258,7 +258,7 @@ func (s *Server) timeline(ctx context.Context, id string) ([]api.LogEntry, error
 	for _, e := range entries {
 		out = append(out, api.LogEntry(e))
 	}
-	msgs, err := s.store.ListMessages(ctx, id, 0, 0)
+	msgs, err := o.store.ListMessages(ctx, id, 0, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -275,11 +275,11 @@ func (s *Server) timeline(ctx context.Context, id string) ([]api.LogEntry, error
 
 func (s *Server) sessionLog(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
-	tl, err := s.timeline(ctx, sess.ID)
+	tl, err := s.o.timeline(ctx, sess.ID)
 	if err != nil {
 		return err
 	}
@@ -288,17 +288,17 @@ func (s *Server) sessionLog(c *fiber.Ctx) error {
 
 func (s *Server) diagnose(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
-	d := api.Diagnosis{Session: s.apiSession(ctx, sess, "")}
+	d := api.Diagnosis{Session: s.o.apiSession(ctx, sess, "")}
 	if a, err := s.store.GetAgent(ctx, sess.AgentID); err == nil {
 		d.Agent = apiAgent(a)
 	} else {
 		d.Hints = append(d.Hints, "the session's agent no longer exists")
 	}
-	if d.Timeline, err = s.timeline(ctx, sess.ID); err != nil {
+	if d.Timeline, err = s.o.timeline(ctx, sess.ID); err != nil {
 		return err
 	}
 	msgs, err := s.store.ListMessages(ctx, sess.ID, 0, 0)
@@ -314,7 +314,7 @@ func (s *Server) diagnose(c *fiber.Ctx) error {
 		d.Messages = append(d.Messages, ms)
 	}
 	if sess.SandboxID != "" {
-		s.diagnoseSandbox(ctx, &d, sess)
+		s.o.diagnoseSandbox(ctx, &d, sess)
 	}
 	switch sess.Status {
 	case api.SessionFailed:
@@ -324,24 +324,24 @@ func (s *Server) diagnose(c *fiber.Ctx) error {
 	case api.SessionIdle:
 		d.Hints = append(d.Hints, "the sandbox is scaled to zero; the next message resumes it")
 	}
-	s.mu.Lock()
-	if s.active[sess.ID] != nil {
+	s.o.mu.Lock()
+	if s.o.active[sess.ID] != nil {
 		d.Hints = append(d.Hints, "a turn is running now")
 	}
-	s.mu.Unlock()
+	s.o.mu.Unlock()
 	return c.JSON(d)
 }
 
 // diagnoseSandbox adds what the store, the backend and the harness say
 // about the session's sandbox; each probe is bounded.
-func (s *Server) diagnoseSandbox(ctx context.Context, d *api.Diagnosis, sess store.Session) {
-	sb, err := s.store.GetSandbox(ctx, sess.SandboxID)
+func (o *orchestrator) diagnoseSandbox(ctx context.Context, d *api.Diagnosis, sess store.Session) {
+	sb, err := o.store.GetSandbox(ctx, sess.SandboxID)
 	if err != nil {
 		d.Hints = append(d.Hints, "the session's sandbox record is missing: "+err.Error())
 		return
 	}
 	d.Sandbox = map[string]any{"id": sb.ID, "state": sb.State, "role": sb.Role, "generation": sb.Generation,
-		"created_at": sb.CreatedAt, "updated_at": sb.UpdatedAt, "backend": s.backend.Name()}
+		"created_at": sb.CreatedAt, "updated_at": sb.UpdatedAt, "backend": o.backend.Name()}
 	if sb.Error != "" {
 		d.Sandbox["error"] = sb.Error
 	}
@@ -353,7 +353,7 @@ func (s *Server) diagnoseSandbox(ctx context.Context, d *api.Diagnosis, sess sto
 	d.Sandbox["running"], d.Sandbox["endpoint"] = bsb.Running, bsb.Endpoint.URL
 	probe, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	if logs, err := s.backend.Logs(probe, bsb, 4096); err == nil {
+	if logs, err := o.backend.Logs(probe, bsb, 4096); err == nil {
 		d.LogTail = logs
 	} else {
 		d.Sandbox["logs_error"] = err.Error()
@@ -361,7 +361,7 @@ func (s *Server) diagnoseSandbox(ctx context.Context, d *api.Diagnosis, sess sto
 	if !bsb.Running {
 		return
 	}
-	if id, err := s.harness.identity(probe, targetOf(sb, bsb, "")); err == nil {
+	if id, err := o.harness.identity(probe, targetOf(sb, bsb, "")); err == nil {
 		d.Harness = map[string]any{"reachable": true, "harness": id.Harness, "version": id.Version, "ready": id.Ready, "workspace": id.Workspace}
 		if id.Error != "" {
 			d.Harness["error"] = id.Error

@@ -13,19 +13,19 @@ import (
 )
 
 // publishSession sends the session to its /events subscribers, if any.
-func (s *Server) publishSession(ctx context.Context, sess store.Session) {
-	if !s.bus.has(sess.ID) {
+func (o *orchestrator) publishSession(ctx context.Context, sess store.Session) {
+	if !o.bus.has(sess.ID) {
 		return
 	}
-	ev := newEvent(api.EventSession, s.apiSession(ctx, sess, ""))
+	ev := newEvent(api.EventSession, o.apiSession(ctx, sess, ""))
 	ev.last = sess.Status == api.SessionDead
-	s.bus.publish(sess.ID, ev)
+	o.bus.publish(sess.ID, ev)
 }
 
 // apiSession renders a session; agentName is looked up when empty.
-func (s *Server) apiSession(ctx context.Context, sess store.Session, agentName string) api.Session {
+func (o *orchestrator) apiSession(ctx context.Context, sess store.Session, agentName string) api.Session {
 	if agentName == "" {
-		if a, err := s.store.GetAgent(ctx, sess.AgentID); err == nil {
+		if a, err := o.store.GetAgent(ctx, sess.AgentID); err == nil {
 			agentName = a.Name
 		}
 	}
@@ -51,7 +51,7 @@ func (s *Server) apiSession(ctx context.Context, sess store.Session, agentName s
 // generation is claimed if there is one, and the session is ready in the
 // answer; otherwise the session is "creating" and a sandbox is provisioned
 // in the background (failing after SESSION_CREATING_TIMEOUT).
-func (s *Server) openSession(ctx context.Context, a store.Agent, req api.CreateSessionRequest) (store.Session, error) {
+func (o *orchestrator) openSession(ctx context.Context, a store.Agent, req api.CreateSessionRequest) (store.Session, error) {
 	start := time.Now()
 	base := store.Session{
 		ID:            store.NewID(),
@@ -59,31 +59,31 @@ func (s *Server) openSession(ctx context.Context, a store.Agent, req api.CreateS
 		Title:         req.Title,
 		Generation:    a.Generation,
 		InitialPrompt: req.InitialPrompt,
-		IdleTimeoutMS: s.cfg.SessionIdleTimeout.Milliseconds(),
+		IdleTimeoutMS: o.cfg.SessionIdleTimeout.Milliseconds(),
 		MaxBudgetUSD:  req.MaxBudgetUSD,
 	}
-	sb, err := s.store.ClaimWarmSandbox(ctx, a.ID, a.Generation, base.ID)
-	s.pool.use(a.ID) // refill behind the claim (or after the miss)
+	sb, err := o.store.ClaimWarmSandbox(ctx, a.ID, a.Generation, base.ID)
+	o.pool.use(a.ID) // refill behind the claim (or after the miss)
 	switch {
 	case err == nil:
-		sess, err := s.startOnWarm(ctx, a, base, sb)
+		sess, err := o.startOnWarm(ctx, a, base, sb)
 		if err == nil {
-			s.metrics.sessionReady.WithLabelValues("warm").Observe(time.Since(start).Seconds())
-			s.afterReady(sess)
+			o.metrics.sessionReady.WithLabelValues("warm").Observe(time.Since(start).Seconds())
+			o.afterReady(sess)
 			return sess, nil
 		}
-		s.log.Warn("warm sandbox unusable; provisioning a new one", "agent", a.Name, "sandbox", sb.ID, "err", err)
+		o.log.Warn("warm sandbox unusable; provisioning a new one", "agent", a.Name, "sandbox", sb.ID, "err", err)
 	case !errors.Is(err, store.ErrNotFound):
 		return store.Session{}, err
 	}
 
-	sess, err := s.createWith(ctx, base, queued())
+	sess, err := o.createWith(ctx, base, queued())
 	if err != nil {
 		return store.Session{}, err
 	}
-	s.goBackground(func(ctx context.Context) {
-		if s.provisionSession(ctx, sess.ID, phaseProvisioning) == nil {
-			s.metrics.sessionReady.WithLabelValues("cold").Observe(time.Since(start).Seconds())
+	o.goBackground(func(ctx context.Context) {
+		if o.provisionSession(ctx, sess.ID, phaseProvisioning) == nil {
+			o.metrics.sessionReady.WithLabelValues("cold").Observe(time.Since(start).Seconds())
 		}
 	})
 	return sess, nil
@@ -91,42 +91,42 @@ func (s *Server) openSession(ctx context.Context, a store.Agent, req api.CreateS
 
 // startOnWarm opens a harness session on a claimed warm sandbox and
 // stores the session as ready. On failure the sandbox is retired.
-func (s *Server) startOnWarm(ctx context.Context, a store.Agent, base store.Session, sb store.Sandbox) (store.Session, error) {
+func (o *orchestrator) startOnWarm(ctx context.Context, a store.Agent, base store.Session, sb store.Sandbox) (store.Session, error) {
 	bsb, err := backendRecord(sb)
 	if err == nil {
 		var hs protocol.SessionInfo
 		if sb.HarnessSessionID != "" {
 			// Opened when the sandbox was provisioned: only make sure
 			// the harness still has it (a read, no write there).
-			hs, err = s.harness.getSession(ctx, targetOf(sb, bsb, sb.HarnessSessionID))
+			hs, err = o.harness.getSession(ctx, targetOf(sb, bsb, sb.HarnessSessionID))
 		} else {
-			hs, err = s.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{Title: base.Title})
+			hs, err = o.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{Title: base.Title})
 		}
 		if err == nil {
 			var sess store.Session
-			if sess, err = s.createWith(ctx, base, claimedWarm(sb.ID, hs.ID)); err == nil {
+			if sess, err = o.createWith(ctx, base, claimedWarm(sb.ID, hs.ID)); err == nil {
 				return sess, nil
 			}
 		}
 	}
-	s.retireSandbox(sb, err.Error())
+	o.retireSandbox(sb, err.Error())
 	return store.Session{}, err
 }
 
 // afterReady starts what waits for a session to become ready: its
 // initial prompt.
-func (s *Server) afterReady(sess store.Session) {
+func (o *orchestrator) afterReady(sess store.Session) {
 	if sess.InitialPrompt == "" {
 		return
 	}
-	s.goBackground(func(ctx context.Context) {
-		t, err := s.beginTurn(ctx, sess, []protocol.InputPart{{Type: "text", Text: sess.InitialPrompt}}, "")
+	o.goBackground(func(ctx context.Context) {
+		t, err := o.beginTurn(ctx, sess, []protocol.InputPart{{Type: "text", Text: sess.InitialPrompt}}, "")
 		if err != nil {
-			s.log.Warn("initial prompt not sent", "session", sess.ID, "err", err)
+			o.log.Warn("initial prompt not sent", "session", sess.ID, "err", err)
 			return
 		}
 		if _, err := t.run(ctx); err != nil {
-			s.log.Warn("initial prompt failed", "session", sess.ID, "err", err)
+			o.log.Warn("initial prompt failed", "session", sess.ID, "err", err)
 		}
 	})
 }
@@ -135,51 +135,51 @@ func (s *Server) afterReady(sess store.Session) {
 // and harness session, with the conversation so far replayed. On failure
 // the session becomes failed with the reason, unless lapd is stopping (the
 // next start retries it).
-func (s *Server) provisionSession(ctx context.Context, id, phase string) error {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.SessionCreatingTimeout)
+func (o *orchestrator) provisionSession(ctx context.Context, id, phase string) error {
+	ctx, cancel := context.WithTimeout(ctx, o.cfg.SessionCreatingTimeout)
 	defer cancel()
-	_, sess, err := s.attachSandbox(ctx, id, phase, 0)
+	_, sess, err := o.attachSandbox(ctx, id, phase, 0)
 	if err == nil {
-		s.afterReady(sess)
+		o.afterReady(sess)
 		return nil
 	}
-	if errors.Is(err, errEnded) || s.baseCtx.Err() != nil {
+	if errors.Is(err, errEnded) || o.baseCtx.Err() != nil {
 		return err
 	}
 	reason := err.Error()
 	if errors.Is(err, context.DeadlineExceeded) {
-		reason = fmt.Sprintf("no sandbox became ready within SESSION_CREATING_TIMEOUT (%s): %v", s.cfg.SessionCreatingTimeout, err)
+		reason = fmt.Sprintf("no sandbox became ready within SESSION_CREATING_TIMEOUT (%s): %v", o.cfg.SessionCreatingTimeout, err)
 	}
-	s.log.Warn("session failed", "session", id, "reason", reason)
-	if _, _, uerr := s.mark(context.WithoutCancel(ctx), id, failed(reason)); uerr != nil && !errors.Is(uerr, errEnded) {
-		s.log.Error("record session failure", "session", id, "err", uerr)
+	o.log.Warn("session failed", "session", id, "reason", reason)
+	if _, _, uerr := o.mark(context.WithoutCancel(ctx), id, failed(reason)); uerr != nil && !errors.Is(uerr, errEnded) {
+		o.log.Error("record session failure", "session", id, "err", uerr)
 	}
 	return err
 }
 
 // suspendSession scales an idle session's sandbox to zero (status idle);
 // its next message resumes it. It refuses (ErrConflict) while a turn runs.
-func (s *Server) suspendSession(ctx context.Context, id string) error {
-	return s.suspendIfIdleSince(ctx, id, time.Time{})
+func (o *orchestrator) suspendSession(ctx context.Context, id string) error {
+	return o.suspendIfIdleSince(ctx, id, time.Time{})
 }
 
 // suspendIfIdleSince is suspendSession for the idle reaper: it does
 // nothing if the session was active after idleBefore (checked once the
 // session is reserved, so a turn that ran meanwhile counts).
-func (s *Server) suspendIfIdleSince(ctx context.Context, id string, idleBefore time.Time) error {
-	release, err := s.reserve(id, nil)
+func (o *orchestrator) suspendIfIdleSince(ctx context.Context, id string, idleBefore time.Time) error {
+	release, err := o.reserve(id, nil)
 	if err != nil {
 		return err
 	}
 	defer release()
-	sess, err := s.store.GetSession(ctx, id)
+	sess, err := o.store.GetSession(ctx, id)
 	if err != nil {
 		return err
 	}
 	if sess.Status != api.SessionReady || (!idleBefore.IsZero() && sess.LastActiveAt.After(idleBefore)) {
 		return nil
 	}
-	sb, err := s.store.GetSandbox(ctx, sess.SandboxID)
+	sb, err := o.store.GetSandbox(ctx, sess.SandboxID)
 	if err != nil {
 		return err
 	}
@@ -187,7 +187,7 @@ func (s *Server) suspendIfIdleSince(ctx context.Context, id string, idleBefore t
 	if err != nil {
 		return err
 	}
-	bsb, err = s.backend.Suspend(ctx, bsb)
+	bsb, err = o.backend.Suspend(ctx, bsb)
 	if err != nil {
 		return fmt.Errorf("suspend sandbox of session %s: %w", id, err)
 	}
@@ -196,7 +196,7 @@ func (s *Server) suspendIfIdleSince(ctx context.Context, id string, idleBefore t
 		return err
 	}
 	keep := context.WithoutCancel(ctx)
-	if _, err := s.store.UpdateSandbox(keep, sb.ID, func(x *store.Sandbox) error {
+	if _, err := o.store.UpdateSandbox(keep, sb.ID, func(x *store.Sandbox) error {
 		x.State, x.Backend = store.SandboxSuspended, raw
 		return nil
 	}); err != nil {
@@ -204,7 +204,7 @@ func (s *Server) suspendIfIdleSince(ctx context.Context, id string, idleBefore t
 	}
 	// A session that changed state meanwhile (ended, or failed) keeps
 	// it; its sandbox is asleep either way.
-	if _, _, err = s.mark(keep, id, suspended()); errors.Is(err, errEnded) || errors.Is(err, errConflict) {
+	if _, _, err = o.mark(keep, id, suspended()); errors.Is(err, errEnded) || errors.Is(err, errConflict) {
 		return nil
 	}
 	return err
@@ -212,29 +212,29 @@ func (s *Server) suspendIfIdleSince(ctx context.Context, id string, idleBefore t
 
 // endSession marks a session dead, aborts its turn and destroys its
 // sandbox. Ending a dead session does nothing.
-func (s *Server) endSession(ctx context.Context, id string) error {
-	_, sess, err := s.mark(ctx, id, ended())
+func (o *orchestrator) endSession(ctx context.Context, id string) error {
+	_, sess, err := o.mark(ctx, id, ended())
 	if errors.Is(err, errEnded) {
 		return nil // ended before
 	}
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	t := s.active[id]
-	s.mu.Unlock()
+	o.mu.Lock()
+	t := o.active[id]
+	o.mu.Unlock()
 	if t != nil {
 		t.abort(abortEnded)
 	}
 	if sess.SandboxID != "" {
-		sb, err := s.store.GetSandbox(ctx, sess.SandboxID)
+		sb, err := o.store.GetSandbox(ctx, sess.SandboxID)
 		if err == nil && sb.Live() {
-			if err := s.destroySandbox(ctx, sb); err != nil {
-				s.log.Warn("destroy sandbox of ended session", "session", id, "sandbox", sb.ID, "err", err)
+			if err := o.destroySandbox(ctx, sb); err != nil {
+				o.log.Warn("destroy sandbox of ended session", "session", id, "sandbox", sb.ID, "err", err)
 			}
 		}
 	}
-	s.crashes.forget(id)
-	s.log.Info("session ended", "session", id)
+	o.crashes.forget(id)
+	o.log.Info("session ended", "session", id)
 	return nil
 }
