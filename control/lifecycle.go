@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"slices"
+	"time"
 
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/store"
@@ -207,6 +208,17 @@ func (o *orchestrator) createWith(ctx context.Context, base store.Session, t tra
 		return store.Session{}, err
 	}
 	return o.store.CreateSession(ctx, base)
+}
+
+// touch records activity on a session, so the idle reaper leaves it be.
+// It changes no state, so it is not a transition, and tells no one.
+func (o *orchestrator) touch(ctx context.Context, id string) {
+	if _, err := o.store.UpdateSession(ctx, id, func(cur *store.Session) error {
+		cur.LastActiveAt = time.Now().UTC()
+		return nil
+	}); err != nil {
+		o.log.Warn("record session activity", "session", id, "err", err)
+	}
 }
 
 // acceptsTurn says why a session cannot take a new turn (nil when it

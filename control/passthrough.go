@@ -7,12 +7,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/gofiber/fiber/v2"
-
-	"lap.dev/lap/control/api"
-	"lap.dev/lap/store"
 )
 
 // passHeaders are the request headers passed on to the harness; the
@@ -29,37 +25,10 @@ func (s *Server) passThrough(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	if err := readyErr(sess, nil); err != nil {
+	tgt, err := s.o.passTarget(ctx, sess)
+	if err != nil {
 		return err
 	}
-	if sess.Status == api.SessionCreating {
-		if sess, err = s.o.waitReady(ctx, sess.ID); err != nil {
-			return err
-		}
-	}
-	var tgt target
-	if sess.Status == api.SessionIdle {
-		release, err := s.o.reserve(sess.ID, nil)
-		if err != nil {
-			return err
-		}
-		tgt, sess, err = s.o.ensureRunning(ctx, sess, false, 0)
-		release()
-		if err != nil {
-			return err
-		}
-	} else {
-		sb, err := s.store.GetSandbox(ctx, sess.SandboxID)
-		if err != nil {
-			return err
-		}
-		bsb, err := backendRecord(sb)
-		if err != nil {
-			return err
-		}
-		tgt = targetOf(sb, bsb, sess.HarnessSessionID)
-	}
-	s.o.touch(ctx, sess.ID)
 
 	path := "/" + c.Params("*")
 	if q := string(c.Request().URI().QueryString()); q != "" {
@@ -121,14 +90,4 @@ func (s *Server) passThrough(c *fiber.Ctx) error {
 		}
 	})
 	return nil
-}
-
-// touch records activity on a session, so the idle reaper leaves it be.
-func (o *orchestrator) touch(ctx context.Context, id string) {
-	if _, err := o.store.UpdateSession(ctx, id, func(cur *store.Session) error {
-		cur.LastActiveAt = time.Now().UTC()
-		return nil
-	}); err != nil {
-		o.log.Warn("record session activity", "session", id, "err", err)
-	}
 }

@@ -12,6 +12,18 @@ import (
 	"lap.dev/lap/store"
 )
 
+// resolveSession finds the session a path names by id or short id.
+func (o *orchestrator) resolveSession(ctx context.Context, ref string) (store.Session, error) {
+	sess, err := o.store.ResolveSession(ctx, ref)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return sess, notFound("session %s not found", ref)
+	case errors.Is(err, store.ErrConflict):
+		return sess, ambiguous(err, ref, "session")
+	}
+	return sess, err
+}
+
 // publishSession sends the session to its /events subscribers, if any.
 func (o *orchestrator) publishSession(ctx context.Context, sess store.Session) {
 	if !o.bus.has(sess.ID) {
@@ -52,6 +64,9 @@ func (o *orchestrator) apiSession(ctx context.Context, sess store.Session, agent
 // answer; otherwise the session is "creating" and a sandbox is provisioned
 // in the background (failing after SESSION_CREATING_TIMEOUT).
 func (o *orchestrator) openSession(ctx context.Context, a store.Agent, req api.CreateSessionRequest) (store.Session, error) {
+	if o.draining.Load() {
+		return store.Session{}, errShuttingDown
+	}
 	start := time.Now()
 	base := store.Session{
 		ID:            store.NewID(),
@@ -157,6 +172,44 @@ func (o *orchestrator) provisionSession(ctx context.Context, id, phase string) e
 	return err
 }
 
+// awaitReady waits up to timeout for a creating session sess to be
+// ready (or failed, or ended) and returns it then, or as it is when the
+// time is up.
+func (o *orchestrator) awaitReady(ctx context.Context, sess store.Session, timeout time.Duration) (store.Session, error) {
+	if sess.Status != api.SessionCreating {
+		return sess, nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	got, err := o.waitReady(wctx, sess.ID)
+	cancel()
+	switch {
+	case err == nil, got.ID != "" && (got.Status == api.SessionFailed || got.Status == api.SessionDead):
+		return got, nil
+	case errors.Is(err, context.DeadlineExceeded):
+		// Still creating: answer with what it is now.
+		return o.store.GetSession(ctx, sess.ID)
+	}
+	return sess, err
+}
+
+// restartSession gives session id a new sandbox with its history
+// replayed, in the background; the session is creating until then.
+func (o *orchestrator) restartSession(ctx context.Context, id string) (store.Session, error) {
+	release, err := o.reserve(id, nil)
+	if err != nil {
+		return store.Session{}, err
+	}
+	defer release()
+	_, sess, err := o.mark(ctx, id, restarting())
+	if err != nil {
+		return sess, err
+	}
+	o.goBackground(func(ctx context.Context) {
+		o.provisionSession(ctx, sess.ID, phaseProvisioning)
+	})
+	return sess, nil
+}
+
 // suspendSession scales an idle session's sandbox to zero (status idle);
 // its next message resumes it. It refuses (ErrConflict) while a turn runs.
 func (o *orchestrator) suspendSession(ctx context.Context, id string) error {
@@ -220,12 +273,7 @@ func (o *orchestrator) endSession(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	o.mu.Lock()
-	t := o.active[id]
-	o.mu.Unlock()
-	if t != nil {
-		t.abort(abortEnded)
-	}
+	o.abortTurn(id, abortEnded)
 	if sess.SandboxID != "" {
 		sb, err := o.store.GetSandbox(ctx, sess.SandboxID)
 		if err == nil && sb.Live() {

@@ -98,6 +98,25 @@ func (o *orchestrator) reserve(id string, t *turn) (release func(), err error) {
 	}, nil
 }
 
+// abortTurn interrupts the turn running on session id, if any, for
+// reason, and reports whether there was one.
+func (o *orchestrator) abortTurn(id string, reason abortReason) bool {
+	o.mu.Lock()
+	t := o.active[id]
+	o.mu.Unlock()
+	if t != nil {
+		t.abort(reason)
+	}
+	return t != nil
+}
+
+// turnRunning reports whether a turn runs on session id now.
+func (o *orchestrator) turnRunning(id string) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.active[id] != nil
+}
+
 // beginTurn logs the user message as pending (durably, before any harness
 // sees it) and reserves the session for the turn. The caller must call
 // run on the returned turn.
