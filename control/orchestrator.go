@@ -11,7 +11,6 @@ import (
 	"lap.dev/lap/control/sandboxtoken"
 	"lap.dev/lap/control/secrets"
 	"lap.dev/lap/sandboxes"
-	"lap.dev/lap/store"
 )
 
 // orchestrator runs agents and sessions over a backend: warm claims and
@@ -20,7 +19,7 @@ import (
 // in errors.go, which the Server's handlers turn into responses.
 type orchestrator struct {
 	cfg     config.Config
-	store   *store.Store
+	store   records
 	backend sandboxes.Backend
 	secrets *secrets.Box
 	tokens  *sandboxtoken.Signer
