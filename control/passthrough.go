@@ -54,6 +54,13 @@ func (s *Server) passThrough(c *fiber.Ctx) error {
 		cancel()
 		return harnessFailure("session %s: harness unreachable: %v", sess.ID, err)
 	}
+	return relay(c, resp, cancel, sess.ID)
+}
+
+// relay answers c with the harness's response resp: a plain answer in
+// one piece, an event stream as it comes, until the client leaves.
+// cancel ends the harness request once the relay is done.
+func relay(c *fiber.Ctx, resp *http.Response, cancel context.CancelFunc, sessionID string) error {
 	c.Status(resp.StatusCode)
 	for _, h := range []string{fiber.HeaderContentType, fiber.HeaderCacheControl} {
 		if v := resp.Header.Get(h); v != "" {
@@ -65,7 +72,7 @@ func (s *Server) passThrough(c *fiber.Ctx) error {
 		defer resp.Body.Close()
 		body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 		if err != nil {
-			return harnessFailure("session %s: reading the harness answer: %v", sess.ID, err)
+			return harnessFailure("session %s: reading the harness answer: %v", sessionID, err)
 		}
 		return c.Send(body)
 	}

@@ -39,6 +39,34 @@ func (o *orchestrator) recoverState(ctx context.Context) error {
 		o.goBackground(func(ctx context.Context) { o.abortInterrupted(ctx, failed) })
 	}
 
+	if err := o.retireOrphans(ctx); err != nil {
+		return err
+	}
+
+	creating, err := o.store.SessionIDsByStatus(ctx, api.SessionCreating)
+	if err != nil {
+		return err
+	}
+	for _, id := range creating {
+		o.goBackground(func(ctx context.Context) {
+			o.provisionSession(ctx, id, phaseRecovering)
+		})
+	}
+
+	agents, err := o.store.AllAgents(ctx)
+	if err != nil {
+		return err
+	}
+	if len(agents) > 0 {
+		o.goBackground(func(ctx context.Context) { o.ensureAgents(ctx, agents) })
+	}
+	return nil
+}
+
+// retireOrphans destroys the sandboxes a stop left without a use:
+// half-provisioned ones, and those claimed for sessions that never got
+// stored, moved on to another sandbox, or ended.
+func (o *orchestrator) retireOrphans(ctx context.Context) error {
 	stuck, err := o.store.ListSandboxes(ctx, store.SandboxFilter{States: []string{store.SandboxProvisioning}})
 	if err != nil {
 		return err
@@ -61,24 +89,6 @@ func (o *orchestrator) recoverState(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-	}
-
-	creating, err := o.store.SessionIDsByStatus(ctx, api.SessionCreating)
-	if err != nil {
-		return err
-	}
-	for _, id := range creating {
-		o.goBackground(func(ctx context.Context) {
-			o.provisionSession(ctx, id, phaseRecovering)
-		})
-	}
-
-	agents, err := o.store.AllAgents(ctx)
-	if err != nil {
-		return err
-	}
-	if len(agents) > 0 {
-		o.goBackground(func(ctx context.Context) { o.ensureAgents(ctx, agents) })
 	}
 	return nil
 }

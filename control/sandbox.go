@@ -17,17 +17,7 @@ import (
 // sessionID ("" for a warm one). The record exists before the backend
 // starts anything, so a crash mid-way leaves a trace Start cleans up.
 func (o *orchestrator) provisionSandbox(ctx context.Context, a store.Agent, role, sessionID string) (store.Sandbox, sandboxes.Sandbox, error) {
-	token := make([]byte, 24)
-	rand.Read(token)
-	sb, err := o.store.PutSandbox(ctx, store.Sandbox{
-		ID:           store.NewID(),
-		AgentID:      a.ID,
-		Generation:   a.Generation,
-		Role:         role,
-		State:        store.SandboxProvisioning,
-		SessionID:    sessionID,
-		HarnessToken: hex.EncodeToString(token),
-	})
+	sb, err := o.recordSandbox(ctx, a, role, sessionID)
 	if err != nil {
 		return sb, sandboxes.Sandbox{}, err
 	}
@@ -60,9 +50,7 @@ func (o *orchestrator) provisionSandbox(ctx context.Context, a store.Agent, role
 		var hs protocol.SessionInfo
 		if hs, err = o.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{}); err != nil {
 			o.markSandbox(keep, sb.ID, store.SandboxFailed, err.Error())
-			if derr := o.backend.Destroy(keep, bsb); derr != nil {
-				o.log.Error("destroy sandbox whose harness opens no session", "sandbox", sb.ID, "err", derr)
-			}
+			o.destroyUnusable(keep, bsb, "destroy sandbox whose harness opens no session")
 			return sb, sandboxes.Sandbox{}, fmt.Errorf("provision sandbox for agent %s: %w", a.Name, err)
 		}
 		harnessSession = hs.ID
@@ -75,13 +63,36 @@ func (o *orchestrator) provisionSandbox(ctx context.Context, a store.Agent, role
 		})
 	}
 	if err != nil {
-		if derr := o.backend.Destroy(keep, bsb); derr != nil {
-			o.log.Error("destroy unrecorded sandbox", "sandbox", sb.ID, "err", derr)
-		}
+		o.destroyUnusable(keep, bsb, "destroy unrecorded sandbox")
 		return sb, sandboxes.Sandbox{}, err
 	}
 	o.log.Info("sandbox provisioned", "sandbox", sb.ID, "agent", a.Name, "role", role, "session", sessionID)
 	return sb, bsb, nil
+}
+
+// recordSandbox stores the record of a sandbox about to be provisioned,
+// with the harness token it will be given.
+func (o *orchestrator) recordSandbox(ctx context.Context, a store.Agent, role, sessionID string) (store.Sandbox, error) {
+	token := make([]byte, 24)
+	rand.Read(token)
+	return o.store.PutSandbox(ctx, store.Sandbox{
+		ID:           store.NewID(),
+		AgentID:      a.ID,
+		Generation:   a.Generation,
+		Role:         role,
+		State:        store.SandboxProvisioning,
+		SessionID:    sessionID,
+		HarnessToken: hex.EncodeToString(token),
+	})
+}
+
+// destroyUnusable destroys a sandbox the backend provisioned but lapd
+// cannot use; a failure is logged as what (the sandbox's record is
+// failed, or still provisioning, which start-up recovery retires).
+func (o *orchestrator) destroyUnusable(ctx context.Context, bsb sandboxes.Sandbox, what string) {
+	if err := o.backend.Destroy(ctx, bsb); err != nil {
+		o.log.Error(what, "sandbox", bsb.ID, "err", err)
+	}
 }
 
 // provisionWarm adds one warm sandbox to agent a's pool. It is the seam
