@@ -16,15 +16,19 @@ import (
 // phase change to the session's timeline in the same transaction
 // (store.UpdateSession), and mark tells the session's /events subscribers.
 //
-//	(new) ──queued──▶ creating ──attached──▶ ready ◀──resumed── idle
-//	(new) ──claimedWarm──────────────────▶ ready ──suspended─▶ idle
+//	(new) ──queued──▶ creating ──attached──▶ ready
+//	(new) ──claimedWarm (a warm claim)─────▶ ready
+//	ready ──suspended──▶ idle ──resumed──▶ ready
+//	ready ──progressed("recovering")──resumed──▶ ready      (a crash: restart on its sandbox)
+//	ready, idle ──attached──▶ ready                         (sandbox lost: a new one)
 //	creating, ready, idle ──failed──▶ failed ──restarting──▶ creating
-//	ready, idle ──restarting──▶ creating      (restart on request)
-//	ready, idle ──attached──▶ ready           (crash or lost sandbox: a new one)
+//	ready, idle ──restarting──▶ creating                    (restart on request)
 //	any but dead ──ended──▶ dead
 //
 // Phases are the finer progress text of a state (the CLI shows them while
 // a session is not ready); progress transitions change only the phase.
+// The orchestration decides when something happened; this file decides
+// what that does to the session.
 
 // statusNew is the status of a session record not yet stored: the
 // transitions that create a session start from it.
