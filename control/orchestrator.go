@@ -17,6 +17,15 @@ import (
 // cold provisioning, turns, resume and recovery, the warm pool and the
 // idle reaper. It knows nothing of HTTP: it returns errors of the kinds
 // in errors.go, which the Server's handlers turn into responses.
+//
+// Its files, one job each: lifecycle.go (the only writer of a session's
+// state), sessions.go (open, restart, suspend, end), attach.go (a
+// session's sandbox running: resume, or attach a new one), sandbox.go
+// (provision and destroy), turns.go, crashes.go, idle.go (the reaper),
+// warmpool.go, recovery.go and adopt.go (start-up), agentops.go,
+// diagnose.go, passtarget.go; records.go is what it needs of the store.
+// The HTTP side is server.go, agents.go, sessionapi.go, stream.go,
+// passthrough.go, validate.go and httperrors.go.
 type orchestrator struct {
 	cfg     config.Config
 	store   records
