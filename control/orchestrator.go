@@ -46,7 +46,10 @@ type orchestrator struct {
 	draining atomic.Bool
 
 	mu     sync.Mutex
-	active map[string]*turn // running turn per session id
+	active map[string]*turn // running turn per session id (nil: a maintenance job)
+	// jobs holds, per session a maintenance job reserved, a channel
+	// closed when the job ends.
+	jobs map[string]chan struct{}
 	// interrupted holds sessions whose turn a stop of lapd interrupted
 	// (failed at start-up) until their harness answers a turn again.
 	interrupted map[string]bool
@@ -69,6 +72,7 @@ func newOrchestrator(ctx context.Context, opts Options, m *metrics) *orchestrato
 		metrics:     m,
 		baseCtx:     ctx,
 		active:      map[string]*turn{},
+		jobs:        map[string]chan struct{}{},
 		interrupted: map[string]bool{},
 	}
 	o.pool = newWarmPool(o)

@@ -22,7 +22,7 @@ func (o *orchestrator) passTarget(ctx context.Context, sess store.Session) (targ
 	}
 	var tgt target
 	if sess.Status == api.SessionIdle {
-		release, err := o.reserve(sess.ID, nil)
+		release, err := o.reserve(ctx, sess.ID, nil)
 		if err != nil {
 			return target{}, err
 		}

@@ -195,7 +195,7 @@ func (o *orchestrator) awaitReady(ctx context.Context, sess store.Session, timeo
 // restartSession gives session id a new sandbox with its history
 // replayed, in the background; the session is creating until then.
 func (o *orchestrator) restartSession(ctx context.Context, id string) (store.Session, error) {
-	release, err := o.reserve(id, nil)
+	release, err := o.reserve(ctx, id, nil)
 	if err != nil {
 		return store.Session{}, err
 	}
@@ -220,7 +220,7 @@ func (o *orchestrator) suspendSession(ctx context.Context, id string) error {
 // nothing if the session was active after idleBefore (checked once the
 // session is reserved, so a turn that ran meanwhile counts).
 func (o *orchestrator) suspendIfIdleSince(ctx context.Context, id string, idleBefore time.Time) error {
-	release, err := o.reserve(id, nil)
+	release, err := o.reserve(ctx, id, nil)
 	if err != nil {
 		return err
 	}

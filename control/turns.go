@@ -78,7 +78,7 @@ func (o *orchestrator) beginTurn(ctx context.Context, sess store.Session, parts 
 		return nil, err
 	}
 	t := &turn{o: o, sessionID: sess.ID, parts: parts, model: model, started: time.Now(), aborted: make(chan struct{})}
-	release, err := o.reserve(sess.ID, t)
+	release, err := o.reserve(ctx, sess.ID, t)
 	if err != nil {
 		return nil, err
 	}
