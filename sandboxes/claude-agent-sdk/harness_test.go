@@ -29,6 +29,7 @@ import (
 
 	"lap.dev/lap/control/gateway/mockllm"
 	"lap.dev/lap/e2e/fakellm"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes/protocol"
 )
 
@@ -515,7 +516,7 @@ func (r *editRun) abortSlowTurn(t *testing.T, ev *events, session string) protoc
 		p := e.Properties.Part
 		return p != nil && p.Tool == "bash" && p.State != nil && p.State.Status == protocol.ToolRunning && strings.Contains(string(p.State.Input), "sleep 120")
 	})
-	require.Eventually(t, func() bool { _, err := os.Stat(slow); return err == nil }, time.Minute, 50*time.Millisecond, "the command started")
+	waitfor.Within(t, time.Minute, "the command started", func() bool { _, err := os.Stat(slow); return err == nil })
 	resp := h.request("POST", "/session/"+session+"/message", protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "another"}}})
 	resp.Body.Close()
 	assert.Equal(t, 409, resp.StatusCode)
