@@ -29,6 +29,7 @@ import (
 // pods — die with it, and what it leaves in the kernel (namespaces, the
 // veth, the address) is swept by the next box's start.
 func TestCrashedBoxIsSwept(t *testing.T) {
+	box.SkipInShortMode(t)
 	root, err := box.FindRoot()
 	require.NoError(t, err)
 	bin := filepath.Join(root, "bin", "lap-box")

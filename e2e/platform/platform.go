@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -49,6 +50,12 @@ const Deadline = 2 * time.Minute
 // Main builds the binaries into a temporary Bin, runs the tests and
 // removes Bin; a package's TestMain calls os.Exit(platform.Main(m)).
 func Main(m *testing.M) int {
+	// -short (make test-short) skips every test that runs the platform
+	// (SkipInShortMode), so nothing needs building.
+	flag.Parse()
+	if testing.Short() {
+		return m.Run()
+	}
 	dir, err := os.MkdirTemp("", "lap-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -70,6 +77,18 @@ func Main(m *testing.M) int {
 	return m.Run()
 }
 
+// SkipInShortMode skips t under go test -short (make test-short): the
+// tests of this package's users start the built lapd, harness processes
+// (as users of their own when run as root) and real git repositories,
+// which takes longer than the edit loop's quick tier allows. make test
+// runs them. New and UseNodeHarnesses call it.
+func SkipInShortMode(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test of the built binaries: skipped in -short mode (make test runs it)")
+	}
+}
+
 // Lap is the path of the built lap CLI.
 func Lap() string { return filepath.Join(Bin, "lap") }
 
@@ -81,6 +100,7 @@ func Lap() string { return filepath.Join(Bin, "lap") }
 // built.
 func UseNodeHarnesses(t testing.TB) {
 	t.Helper()
+	SkipInShortMode(t)
 	root, err := repoRoot()
 	require.NoError(t, err)
 	for _, built := range []string{
@@ -154,6 +174,7 @@ type Platform struct {
 // through lapd's LLM gateway to the fake).
 func New(t testing.TB, settings map[string]string) *Platform {
 	t.Helper()
+	SkipInShortMode(t)
 	dir, err := os.MkdirTemp("", "lap-e2e-data-")
 	require.NoError(t, err)
 	// Harnesses running as users of their own must reach their
