@@ -43,8 +43,8 @@ test: build box
 
 ## test-short: the quick tier for the edit loop — go test -short ./...
 # Every package's own tests; the tests that start the built binaries with
-# harness processes (e2e/platform's users) and Knative in a box skip
-# themselves in -short mode, saying so. No root needed; under two minutes
+# harness processes (e2e/platform's users), the Node.js harnesses' tests
+# and Knative in a box skip themselves in -short mode, saying so. No root needed; under two minutes
 # once bin/ and bin/lap-kubeapi are built. `make test` stays the whole
 # suite.
 test-short: build $(KUBEAPI)

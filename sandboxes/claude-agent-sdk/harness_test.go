@@ -63,9 +63,14 @@ func (s *syncBuffer) String() string {
 }
 
 // built returns the path of a compiled entry point, failing with the fix
-// when the TypeScript has not been built.
+// when the TypeScript has not been built. Every test of a Node.js harness
+// starts here, so here is where they skip under -short (make
+// test-short): they run the real SDK and opencode processes, for minutes.
 func built(t testing.TB, name string) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("Node.js harness processes (the Claude Agent SDK, opencode): skipped in -short mode (make test runs them)")
+	}
 	p, err := filepath.Abs(filepath.Join("dist", name))
 	require.NoError(t, err)
 	if _, err := os.Stat(p); err != nil {
