@@ -215,10 +215,15 @@ func TestScriptAgents(t *testing.T) {
 }
 
 func TestScriptChat(t *testing.T) {
-	fake := clitest.NewServer(t, clitest.Options{Warm: true})
+	fake := clitest.NewServer(t, clitest.Options{Warm: true, ExtraHarnesses: []api.Harness{
+		{ID: "tty-only", Description: "a terminal program without a chat API", Chat: false},
+	}})
 	fake.AddAgent(t, api.CreateAgentRequest{Name: "my-sdk-agent", HarnessID: "claude-agent-sdk", Model: "anthropic/claude-sonnet-4-5"})
-	// An agent of a harness this lapd does not run (no chat API here).
+	// An agent of a harness without a chat API (lapd's registry has none
+	// yet, so it is written to the store and listed by the recorder).
 	fake.SeedAgent(t, "terminal-agent", "tty-only")
+	// And one of a harness this lapd does not know at all.
+	fake.SeedAgent(t, "stranger", "from-another-lapd")
 	s := newScript(t, fake)
 	s.run(step{args: []string{"my-sdk-agent", "-m", "hi"}})
 	s.run(step{args: []string{"my-sdk-agent"}, stdin: "first\n\nsecond\n"})
@@ -229,6 +234,7 @@ func TestScriptChat(t *testing.T) {
 	s.run(step{args: []string{"agnts"}, code: cli.ExitNotFound})
 	s.run(step{args: []string{"nothing-like-it"}, code: cli.ExitNotFound})
 	s.run(step{args: []string{"terminal-agent", "-m", "hi"}, code: cli.ExitUsage})
+	s.run(step{args: []string{"stranger", "-m", "hi"}, code: cli.ExitUsage})
 	s.run(step{args: []string{"chat"}, code: cli.ExitUsage})
 	s.golden("chat")
 }

@@ -42,7 +42,8 @@ import (
 // sandboxestest.Harness for the script: /block, /fail, /tools, …), served
 // on loopback. The CLI talks to it over real HTTP through a thin recorder
 // in front, which notes every request (Requests), pages listings by two
-// (so clients follow cursors) and, for a session that has to be
+// (so clients follow cursors), can list harnesses lapd does not have yet
+// (Options.ExtraHarnesses) and, for a session that has to be
 // provisioned, makes the provisioning wait until the client watches it,
 // so a client sees every phase in order however fast the test backend is.
 type Server struct {
@@ -54,9 +55,10 @@ type Server struct {
 	// lapd that ran before would have left (SeedSession).
 	Store *store.Store
 
-	warm bool
-	ctl  *control.Server
-	srv  *httptest.Server
+	warm  bool
+	extra []api.Harness
+	ctl   *control.Server
+	srv   *httptest.Server
 
 	mu       sync.Mutex
 	requests []string
@@ -79,6 +81,10 @@ type Options struct {
 	// AddAgent and each warm session creation return, so every new
 	// session is a warm claim, ready in the create answer.
 	Warm bool
+	// ExtraHarnesses are added to GET /harnesses. lapd's registry has no
+	// harness without a chat API yet (terminal harnesses are to come),
+	// so a test of how the CLI refuses one lists one here.
+	ExtraHarnesses []api.Harness
 }
 
 // DefaultPhases are the phases a client watching a cold session sees
@@ -115,7 +121,7 @@ func NewServer(t testing.TB, opts Options) *Server {
 	if err != nil {
 		t.Fatalf("secrets: %v", err)
 	}
-	s := &Server{Key: TestKey, Store: st, warm: opts.Warm}
+	s := &Server{Key: TestKey, Store: st, warm: opts.Warm, extra: opts.ExtraHarnesses}
 	backend := sandboxestest.New(sandboxestest.Options{BeforeProvision: s.beforeProvision})
 	s.ctl, err = control.New(control.Options{
 		Config: cfg, Store: st, Backend: backend, Secrets: box,
@@ -311,6 +317,8 @@ func (s *Server) recorder(next http.Handler) http.Handler {
 		switch {
 		case authorized && r.Method == http.MethodPost && strings.HasPrefix(path, "/agents/") && strings.HasSuffix(path, "/session"):
 			s.createSession(w, r, next)
+		case authorized && r.Method == http.MethodGet && path == "/harnesses" && len(s.extra) > 0:
+			s.listHarnesses(w, r, next)
 		case authorized && r.Method == http.MethodGet && isSessionPath(path) && r.URL.Query().Get("wait") != "":
 			s.releaseAll()
 			next.ServeHTTP(w, r)
@@ -321,6 +329,22 @@ func (s *Server) recorder(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 		}
 	})
+}
+
+// listHarnesses answers GET /harnesses with lapd's list and
+// Options.ExtraHarnesses after it.
+func (s *Server) listHarnesses(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	rec := httptest.NewRecorder()
+	next.ServeHTTP(rec, r)
+	var list api.List[api.Harness]
+	if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &list) != nil {
+		w.WriteHeader(rec.Code)
+		_, _ = w.Write(rec.Body.Bytes())
+		return
+	}
+	list.Data = append(list.Data, s.extra...)
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(list)
 }
 
 // isSessionPath reports whether path is /sessions/<id>.
