@@ -16,7 +16,7 @@ KUBEAPI_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBEAPI_VERSION
 	-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34
 KUBEAPI_SRC     := $(wildcard e2e/kubeapi/*.go) e2e/kubeapi/go.mod e2e/kubeapi/go.sum
 
-.PHONY: all build run test test-unit bench lint clean kubeapi kind-up kind-deploy e2e-kind kind-lint box box-up box-down
+.PHONY: all build run test test-short test-unit bench lint clean kubeapi kind-up kind-deploy e2e-kind kind-lint box box-up box-down
 
 all: build
 
@@ -40,6 +40,15 @@ test: build box
 	$(GO) test -count=1 -v -timeout $(TEST_TIMEOUT) $(BOX_E2E) || rc=$$?; \
 	$(MAKE) --no-print-directory fuzz || rc=$$?; \
 	exit $$rc
+
+## test-short: the quick tier for the edit loop — go test -short ./...
+# Every package's own tests; the tests that start the built binaries with
+# harness processes (e2e/platform's users), the Node.js harnesses' tests
+# and Knative in a box skip themselves in -short mode, saying so. No root needed; under two minutes
+# once bin/ and bin/lap-kubeapi are built. `make test` stays the whole
+# suite.
+test-short: build $(KUBEAPI)
+	LAP_KUBEAPI_BIN=$(KUBEAPI) $(GO) test -short -count=1 ./...
 
 ## bench: run every benchmark and print lap's figures as one table (e2e/benchtable)
 BENCH_COUNT ?= 3

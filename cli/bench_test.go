@@ -43,10 +43,10 @@ func BenchmarkStartupHelp(b *testing.B) {
 }
 
 // BenchmarkTimeToPrompt: from starting `lap my-sdk-agent` on a terminal to
-// its "> " prompt, against the fake API with a warm session (the CLI's own
+// its "> " prompt, against a real control plane with a warm session (the CLI's own
 // share of "sessions reach ready in under 2 seconds").
 func BenchmarkTimeToPrompt(b *testing.B) {
-	f := newFakeB(b)
+	f := newServerB(b)
 	tg := clitest.Target{Bin: lapBin, URL: f.URL, Key: f.Key}
 	for range b.N {
 		var samples []time.Duration
@@ -63,9 +63,9 @@ func BenchmarkTimeToPrompt(b *testing.B) {
 }
 
 // BenchmarkOneShotTurn: `lap my-sdk-agent -m hi` in-process, end to end
-// against the fake API (agent lookup, harness check, session, turn stream).
+// against a real control plane (agent lookup, harness check, session, turn stream).
 func BenchmarkOneShotTurn(b *testing.B) {
-	f := newFakeB(b)
+	f := newServerB(b)
 	home := b.TempDir()
 	env := map[string]string{"HOME": home, cli.EnvURL: f.URL, cli.EnvKey: f.Key}
 	for range b.N {
@@ -117,10 +117,9 @@ func BenchmarkRenderStream(b *testing.B) {
 	}
 }
 
-func newFakeB(b *testing.B) *clitest.Server {
-	f := clitest.NewServer(b)
-	f.Warm = true
-	f.AddAgent(apiAgent("my-sdk-agent"))
+func newServerB(b *testing.B) *clitest.Server {
+	f := clitest.NewServer(b, clitest.Options{Warm: true})
+	f.AddAgent(b, apiAgent("my-sdk-agent"))
 	return f
 }
 

@@ -32,21 +32,18 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// echoReply is what clitest.EchoReply answers, as the screen shows it.
-func echoReply(turn int, msg string) string {
-	return fmt.Sprintf("You said: %s. This is turn %d.", msg, turn)
-}
+// echoReply is what the test backend's scripted harness answers to a
+// message without a command (sandboxestest.Harness), as the screen shows it.
+func echoReply(_ int, msg string) string { return "echo: " + msg }
 
-func newFake(t *testing.T, warm bool) *clitest.Server {
-	f := clitest.NewServer(t)
-	f.Warm = warm
-	f.AddAgent(api.CreateAgentRequest{Name: "my-sdk-agent", HarnessID: "claude-agent-sdk", Model: "anthropic/claude-sonnet-4-5"})
+func newServer(t *testing.T, warm bool) *clitest.Server {
+	f := clitest.NewServer(t, clitest.Options{Warm: warm})
+	f.AddAgent(t, api.CreateAgentRequest{Name: "my-sdk-agent", HarnessID: "claude-agent-sdk", Model: "anthropic/claude-sonnet-4-5"})
 	return f
 }
 
-func TestChatSuiteOnFake(t *testing.T) {
-	f := clitest.NewServer(t)
-	f.Warm = true
+func TestChatSuiteOnControlPlane(t *testing.T) {
+	f := clitest.NewServer(t, clitest.Options{Warm: true})
 	req := api.CreateAgentRequest{Name: "my-sdk-agent", HarnessID: "claude-agent-sdk", Model: "anthropic/claude-sonnet-4-5"}
 	clitest.EnsureAgent(t, f.URL, f.Key, req)
 	clitest.EnsureAgent(t, f.URL, f.Key, req) // the second finds it
@@ -56,7 +53,7 @@ func TestChatSuiteOnFake(t *testing.T) {
 }
 
 func TestPTYColdSessionShowsPhasesInPlace(t *testing.T) {
-	f := newFake(t, false)
+	f := newServer(t, false)
 	tg := clitest.Target{Bin: lapBin, URL: f.URL, Key: f.Key}
 	tm := clitest.StartTerm(t, lapBin, tg.Env(t.TempDir()), "my-sdk-agent")
 	lines := tm.WaitFor("the chat prompt", func(l []string) bool { return len(l) >= 5 && l[4] == ">" })
@@ -64,7 +61,7 @@ func TestPTYColdSessionShowsPhasesInPlace(t *testing.T) {
 		t.Fatalf("line 3 = %q, want %q", lines[2], "waiting for sandbox. ready")
 	}
 	raw := tm.Raw()
-	for _, phase := range append([]string{"queued"}, clitest.DefaultPhases...) {
+	for _, phase := range clitest.DefaultPhases {
 		if !strings.Contains(raw, phase) {
 			t.Errorf("phase %q was never shown; output %q", phase, raw)
 		}
@@ -76,14 +73,14 @@ func TestPTYColdSessionShowsPhasesInPlace(t *testing.T) {
 }
 
 func TestPTYStreamingAbortAndTools(t *testing.T) {
-	f := newFake(t, true)
+	f := newServer(t, true)
 	tg := clitest.Target{Bin: lapBin, URL: f.URL, Key: f.Key}
 	tm := clitest.StartTerm(t, lapBin, tg.Env(t.TempDir()), "my-sdk-agent", "--rm")
 	tm.WaitFor("the chat prompt", func(l []string) bool { return len(l) >= 5 && l[4] == ">" })
 
-	// The fake sends "Working on it" and then holds the turn until it is
-	// aborted: the text on screen before the turn ends shows it streams.
-	tm.Send("please abort me\r")
+	// The harness sends "Working on it" and then holds the turn until it
+	// is aborted: the text on screen before the turn ends shows it streams.
+	tm.Send("/block Working on it\r")
 	tm.WaitLine(5, regexp.MustCompile(`^Working on it$`))
 	tm.Send("\x03")
 	tm.WaitLine(5, regexp.MustCompile(`^⏹ aborted$`))
@@ -93,8 +90,8 @@ func TestPTYStreamingAbortAndTools(t *testing.T) {
 	}
 
 	// Tool calls: one line each, completed in place.
-	tm.Send("use a tool\r")
-	at, _ := tm.WaitLine(5, regexp.MustCompile(`^> use a tool$`))
+	tm.Send("/tools\r")
+	at, _ := tm.WaitLine(5, regexp.MustCompile(`^> /tools$`))
 	tm.WaitLine(at, regexp.MustCompile(`^\[.* tokens · .*\]$`))
 	lines := tm.WaitFor("the prompt after the tools", func(l []string) bool { return l[len(l)-1] == ">" })
 	screen := strings.Join(lines, "\n")
@@ -118,9 +115,9 @@ func TestPTYStreamingAbortAndTools(t *testing.T) {
 }
 
 func TestPTYMarkdownOnTerminal(t *testing.T) {
-	f := newFake(t, true)
+	f := newServer(t, true)
 	tg := clitest.Target{Bin: lapBin, URL: f.URL, Key: f.Key}
-	tm := clitest.StartTerm(t, lapBin, tg.Env(t.TempDir()), "my-sdk-agent", "-m", "markdown please")
+	tm := clitest.StartTerm(t, lapBin, tg.Env(t.TempDir()), "my-sdk-agent", "-m", "/markdown")
 	if code := tm.Wait(); code != 0 {
 		t.Fatalf("exit code %d; screen:\n%s", code, strings.Join(tm.Lines(), "\n"))
 	}
@@ -132,7 +129,7 @@ func TestPTYMarkdownOnTerminal(t *testing.T) {
 }
 
 func TestPipedStdinSendsEachLine(t *testing.T) {
-	f := newFake(t, true)
+	f := newServer(t, true)
 	tg := clitest.Target{Bin: lapBin, URL: f.URL, Key: f.Key}
 	cmd := exec.Command(lapBin, "my-sdk-agent")
 	cmd.Env = tg.Env(t.TempDir())

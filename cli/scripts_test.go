@@ -15,6 +15,7 @@ import (
 	"lap.dev/lap/cli"
 	"lap.dev/lap/cli/clitest"
 	"lap.dev/lap/control/api"
+	"lap.dev/lap/internal/waitfor"
 )
 
 // step is one command of a scripted test: run in-process with its own
@@ -26,23 +27,23 @@ type step struct {
 	code  int               // expected exit code
 }
 
-// script runs steps against fake and writes one transcript, compared with
+// script runs steps against a control plane and writes one transcript, compared with
 // testdata/scripts/<name>.golden. Ids, URLs and times are replaced by
 // placeholders so the transcript is stable.
 type script struct {
 	t    *testing.T
-	fake *clitest.Server
+	srv  *clitest.Server
 	home string
 	env  map[string]string
 	out  strings.Builder
 }
 
-func newScript(t *testing.T, fake *clitest.Server) *script {
-	s := &script{t: t, fake: fake, home: t.TempDir()}
+func newScript(t *testing.T, srv *clitest.Server) *script {
+	s := &script{t: t, srv: srv, home: t.TempDir()}
 	s.env = map[string]string{"HOME": s.home}
-	if fake != nil {
-		s.env[cli.EnvURL] = fake.URL
-		s.env[cli.EnvKey] = fake.Key
+	if srv != nil {
+		s.env[cli.EnvURL] = srv.URL
+		s.env[cli.EnvKey] = srv.Key
 	}
 	return s
 }
@@ -124,6 +125,8 @@ var (
 	timeRE  = regexp.MustCompile(`\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)`)
 	msgIDRE = regexp.MustCompile(`msg_<uuid>`)
 	portRE  = regexp.MustCompile(`127\.0\.0\.1:\d+`)
+	// Harness session ids (the test backend's "ses_" and 8 hex).
+	harnessSessionRE = regexp.MustCompile(`ses_[0-9a-f]{8}\b`)
 )
 
 // normalize replaces what changes from run to run.
@@ -131,6 +134,7 @@ func (s *script) normalize(text string) string {
 	text = strings.ReplaceAll(text, s.home, "$HOME")
 	text = uuidRE.ReplaceAllString(text, "<uuid>")
 	text = msgIDRE.ReplaceAllString(text, "msg_<uuid>")
+	text = harnessSessionRE.ReplaceAllString(text, "ses_<hex>")
 	text = hexRE.ReplaceAllString(text, "<hex>")
 	text = timeRE.ReplaceAllString(text, "<time>")
 	text = portRE.ReplaceAllString(text, "127.0.0.1:<port>")
@@ -143,7 +147,7 @@ func (s *script) golden(name string) {
 }
 
 func TestScriptLogin(t *testing.T) {
-	fake := clitest.NewServer(t)
+	fake := clitest.NewServer(t, clitest.Options{})
 	s := newScript(t, nil)
 	s.run(step{args: []string{"agents"}, code: cli.ExitAuth})
 	s.run(step{args: []string{"config"}})
@@ -168,7 +172,7 @@ func TestScriptLogin(t *testing.T) {
 }
 
 func TestScriptAgents(t *testing.T) {
-	fake := clitest.NewServer(t)
+	fake := clitest.NewServer(t, clitest.Options{})
 	s := newScript(t, fake)
 	dir := s.home
 	agentFile := filepath.Join(dir, "agent.json")
@@ -211,34 +215,42 @@ func TestScriptAgents(t *testing.T) {
 }
 
 func TestScriptChat(t *testing.T) {
-	fake := clitest.NewServer(t)
-	fake.Warm = true
-	fake.AddAgent(api.CreateAgentRequest{Name: "my-sdk-agent", HarnessID: "claude-agent-sdk", Model: "anthropic/claude-sonnet-4-5"})
-	fake.AddAgent(api.CreateAgentRequest{Name: "terminal-agent", HarnessID: "tty-only"})
+	fake := clitest.NewServer(t, clitest.Options{Warm: true, ExtraHarnesses: []api.Harness{
+		{ID: "tty-only", Description: "a terminal program without a chat API", Chat: false},
+	}})
+	fake.AddAgent(t, api.CreateAgentRequest{Name: "my-sdk-agent", HarnessID: "claude-agent-sdk", Model: "anthropic/claude-sonnet-4-5"})
+	// An agent of a harness without a chat API (lapd's registry has none
+	// yet, so it is written to the store and listed by the recorder).
+	fake.SeedAgent(t, "terminal-agent", "tty-only")
+	// And one of a harness this lapd does not know at all.
+	fake.SeedAgent(t, "stranger", "from-another-lapd")
 	s := newScript(t, fake)
 	s.run(step{args: []string{"my-sdk-agent", "-m", "hi"}})
 	s.run(step{args: []string{"my-sdk-agent"}, stdin: "first\n\nsecond\n"})
-	s.run(step{args: []string{"my-sdk-agent", "-m", "use a tool", "--rm"}})
-	s.run(step{args: []string{"my-sdk-agent", "-m", "markdown"}})
-	s.run(step{args: []string{"my-sdk-agent", "-m", "now fail"}, code: cli.ExitFailed})
+	s.run(step{args: []string{"my-sdk-agent", "-m", "/tools", "--rm"}})
+	s.run(step{args: []string{"my-sdk-agent", "-m", "/markdown"}})
+	s.run(step{args: []string{"my-sdk-agent", "-m", "/fail"}, code: cli.ExitFailed})
 	s.run(step{args: []string{"my-sdk-agnet", "-m", "hi"}, code: cli.ExitNotFound})
 	s.run(step{args: []string{"agnts"}, code: cli.ExitNotFound})
 	s.run(step{args: []string{"nothing-like-it"}, code: cli.ExitNotFound})
 	s.run(step{args: []string{"terminal-agent", "-m", "hi"}, code: cli.ExitUsage})
+	s.run(step{args: []string{"stranger", "-m", "hi"}, code: cli.ExitUsage})
 	s.run(step{args: []string{"chat"}, code: cli.ExitUsage})
 	s.golden("chat")
 }
 
 func TestScriptSessions(t *testing.T) {
-	fake := clitest.NewServer(t)
-	fake.Warm = true
-	fake.AddAgent(api.CreateAgentRequest{Name: "my-sdk-agent", HarnessID: "claude-agent-sdk", Model: "anthropic/claude-sonnet-4-5"})
-	fake.AddAgent(api.CreateAgentRequest{Name: "other"})
+	fake := clitest.NewServer(t, clitest.Options{Warm: true})
+	fake.AddAgent(t, api.CreateAgentRequest{Name: "my-sdk-agent", HarnessID: "claude-agent-sdk", Model: "anthropic/claude-sonnet-4-5"})
+	fake.AddAgent(t, api.CreateAgentRequest{Name: "other"})
 	s := newScript(t, fake)
 	s.run(step{args: []string{"sessions"}})
 	// Ids are random; these two share their first 8 hex digits, as two
-	// of many sessions rarely may.
-	fake.NextSessionIDs("c3970704-1111-4000-8000-00000000000a", "c3970704-2222-4000-8000-00000000000b")
+	// of many sessions rarely may. They are idle, as a lapd that ran
+	// before left them.
+	full := []string{"c3970704-1111-4000-8000-00000000000a", "c3970704-2222-4000-8000-00000000000b"}
+	fake.SeedSession(t, "my-sdk-agent", full[0])
+	fake.SeedSession(t, "other", full[1])
 	s.run(step{args: []string{"my-sdk-agent", "-m", "hello"}})
 	s.run(step{args: []string{"other", "-m", "hello"}})
 	s.run(step{args: []string{"sessions"}})
@@ -247,7 +259,6 @@ func TestScriptSessions(t *testing.T) {
 	s.run(step{args: []string{"sessions", "get", "c3970704"}, code: cli.ExitUsage})
 	s.run(step{args: []string{"sessions", "get", "c39707"}, code: cli.ExitUsage})
 	s.run(step{args: []string{"logs", "c39707042222"}})
-	full := sessionIDs(t, fake)
 	s.run(step{args: []string{"sessions", "get", full[0]}})
 	s.run(step{args: []string{"resume", full[0], "-m", "again"}})
 	s.run(step{args: []string{"logs", full[0]}})
@@ -260,37 +271,19 @@ func TestScriptSessions(t *testing.T) {
 	s.golden("sessions")
 }
 
-// sessionIDs returns the fake's session ids, undashed, oldest first.
-func sessionIDs(t *testing.T, fake *clitest.Server) []string {
-	t.Helper()
-	var ids []string
-	for _, r := range fake.Requests() {
-		if strings.HasPrefix(r, "POST /sessions/") && strings.HasSuffix(r, "/message_stream") {
-			id := strings.TrimSuffix(strings.TrimPrefix(r, "POST /sessions/"), "/message_stream")
-			if len(ids) == 0 || ids[len(ids)-1] != id {
-				ids = append(ids, id)
-			}
-		}
-	}
-	if len(ids) < 2 {
-		t.Fatalf("want 2 sessions, requests %q", fake.Requests())
-	}
-	return ids
-}
-
 func TestScriptColdAndFailedSessions(t *testing.T) {
-	fake := clitest.NewServer(t)
-	fake.AddAgent(api.CreateAgentRequest{Name: "cold"})
+	fake := clitest.NewServer(t, clitest.Options{})
+	fake.AddAgent(t, api.CreateAgentRequest{Name: "cold"})
 	s := newScript(t, fake)
 	s.run(step{args: []string{"cold", "-m", "hi"}})
-	fake.FailWith = "git clone https://example.com/nope.git: repository not found"
+	fake.FailProvisions("git clone https://example.com/nope.git: repository not found")
 	s.run(step{args: []string{"cold", "-m", "hi"}, code: cli.ExitFailed})
 	s.golden("cold")
 }
 
 func TestScriptServerErrors(t *testing.T) {
-	fake := clitest.NewServer(t)
-	fake.AddAgent(api.CreateAgentRequest{Name: "my-sdk-agent"})
+	fake := clitest.NewServer(t, clitest.Options{})
+	fake.AddAgent(t, api.CreateAgentRequest{Name: "my-sdk-agent"})
 	s := newScript(t, fake)
 	s.run(step{args: []string{"agents"}, env: map[string]string{cli.EnvKey: "wrong-key-0000000000"}, code: cli.ExitAuth})
 	s.run(step{args: []string{"my-sdk-agent"}, env: map[string]string{cli.EnvKey: "wrong-key-0000000000"}, code: cli.ExitAuth})
@@ -311,30 +304,23 @@ func TestScriptServerErrors(t *testing.T) {
 // TestInterruptAbortsTurn sends Ctrl-C (as the signal channel would) while
 // a scripted turn runs: the CLI asks the server to abort and exits 130.
 func TestInterruptAbortsTurn(t *testing.T) {
-	fake := clitest.NewServer(t)
-	fake.Warm = true
-	fake.AddAgent(api.CreateAgentRequest{Name: "my-sdk-agent"})
+	fake := clitest.NewServer(t, clitest.Options{Warm: true})
+	fake.AddAgent(t, api.CreateAgentRequest{Name: "my-sdk-agent"})
 	interrupts := make(chan os.Signal, 1)
 	var out, errOut syncBuffer
 	done := make(chan int, 1)
 	home := t.TempDir()
 	go func() {
-		done <- cli.Main([]string{"my-sdk-agent", "-m", "abort me"}, cli.Env{
+		done <- cli.Main([]string{"my-sdk-agent", "-m", "/block Working on it"}, cli.Env{
 			Stdout: &out, Stderr: &errOut, Interrupts: interrupts, Now: fixedNow,
 			Getenv: func(k string) string {
 				return map[string]string{"HOME": home, cli.EnvURL: fake.URL, cli.EnvKey: fake.Key}[k]
 			},
 		})
 	}()
-	deadline := time.After(clitest.Deadline)
-	for tick := time.NewTicker(time.Millisecond); !strings.Contains(out.String(), "Working on it"); {
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("the turn never started; stdout %q stderr %q", out.String(), errOut.String())
-		}
-	}
+	waitfor.Within(t, clitest.Deadline, "the turn to start", func() bool { return strings.Contains(out.String(), "Working on it") })
 	interrupts <- os.Interrupt
+	deadline := time.After(clitest.Deadline)
 	select {
 	case code := <-done:
 		if code != cli.ExitInterrupted {

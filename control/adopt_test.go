@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"lap.dev/lap/control/api"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes"
 	"lap.dev/lap/sandboxes/sandboxestest"
 	"lap.dev/lap/store"
@@ -45,7 +46,7 @@ func TestRestartAdoptsRunningSandboxes(t *testing.T) {
 	provisioned := backend.Provisions()
 
 	second := startEnv(t, dir, envOptions{sandboxes: backend})
-	waitFor(t, "the orphan destroyed", func() bool {
+	waitfor.Cond(t, "the orphan destroyed", func() bool {
 		_, err := backend.Logs(ctx, orphan, 1)
 		return err != nil
 	})

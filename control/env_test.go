@@ -214,21 +214,6 @@ func (e *env) session(id string) api.Session {
 	return sess
 }
 
-// waitFor polls cond until it holds, failing the test after a deadline.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for delay := time.Millisecond; ; delay = min(delay*2, 100*time.Millisecond) {
-		if cond() {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(delay)
-	}
-}
-
 // sse is a client of one server-sent event stream.
 type sse struct {
 	resp *http.Response

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"lap.dev/lap/control/api"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/store"
 )
 
@@ -22,7 +23,7 @@ func TestIdleSessionIsScaledToZeroAndResumed(t *testing.T) {
 	status, _, body := e.send(sess.ID, "before the nap")
 	require.Equal(t, http.StatusOK, status, "%s", body)
 
-	waitFor(t, "the session to go idle", func() bool { return e.session(sess.ID).Status == api.SessionIdle })
+	waitfor.Cond(t, "the session to go idle", func() bool { return e.session(sess.ID).Status == api.SessionIdle })
 	assert.Empty(t, e.backend.Running(), "the harness was stopped")
 	sb, err := e.store.GetSandbox(context.Background(), sess.SandboxID)
 	require.NoError(t, err)

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"lap.dev/lap/control/api"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/store"
 )
 
@@ -52,7 +53,7 @@ func TestStartRepairsWhatACrashLeft(t *testing.T) {
 	assert.Equal(t, "echo: made it", m.Text())
 
 	for _, id := range []string{half.ID, orphan.ID} {
-		waitFor(t, "sandbox "+id+" retired", func() bool {
+		waitfor.Cond(t, "sandbox "+id+" retired", func() bool {
 			sb, err := e.store.GetSandbox(ctx, id)
 			return err == nil && !sb.Live()
 		})

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"lap.dev/lap/control/api"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes"
 	"lap.dev/lap/sandboxes/protocol"
 	"lap.dev/lap/sandboxes/sandboxestest"
@@ -52,7 +53,7 @@ func TestColdSessionCreate(t *testing.T) {
 	assert.Equal(t, api.SessionCreating, sess.Status, "no warm sandbox: the session is created in the background")
 	assert.Equal(t, "cold", sess.AgentName)
 	assert.Equal(t, "hello", sess.Title)
-	waitFor(t, "the provisioning phase", func() bool { return e.session(sess.ID).Phase == phaseProvisioning })
+	waitfor.Cond(t, "the provisioning phase", func() bool { return e.session(sess.ID).Phase == phaseProvisioning })
 
 	var still api.Session
 	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/sessions/"+sess.ID+"?wait=ready&timeout=20ms", nil, &still))
@@ -383,7 +384,7 @@ func TestLostSandboxIsReplacedWithHistory(t *testing.T) {
 	assert.NotEqual(t, sess.SandboxID, after.SandboxID)
 	old, err := e.store.GetSandbox(t.Context(), sess.SandboxID)
 	require.NoError(t, err)
-	waitFor(t, "the old sandbox retired", func() bool {
+	waitfor.Cond(t, "the old sandbox retired", func() bool {
 		old, err = e.store.GetSandbox(t.Context(), sess.SandboxID)
 		return err == nil && !old.Live()
 	})
@@ -434,7 +435,7 @@ func TestInitialPrompt(t *testing.T) {
 	e.createAgent("eager", nil)
 	var sess api.Session
 	require.Equal(t, http.StatusCreated, e.do(http.MethodPost, "/agents/eager/session", map[string]any{"initial_prompt": "start here"}, &sess))
-	waitFor(t, "the initial prompt answered", func() bool {
+	waitfor.Cond(t, "the initial prompt answered", func() bool {
 		log := e.messages(sess.ID)
 		return len(log) == 2 && log[1].Info.Status == store.MessageCompleted
 	})
@@ -504,7 +505,7 @@ func TestHarnessBusyThroughPassThroughIs409(t *testing.T) {
 
 	status, _ = e.raw(http.MethodPost, base+"/abort", "", nil, true)
 	require.Equal(t, http.StatusOK, status)
-	waitFor(t, "the harness to be free", func() bool {
+	waitfor.Cond(t, "the harness to be free", func() bool {
 		status, _, _ := e.send(sess.ID, "now")
 		return status == http.StatusOK
 	})

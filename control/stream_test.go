@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"lap.dev/lap/control/api"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes/protocol"
 	"lap.dev/lap/store"
 )
@@ -88,7 +89,7 @@ func TestStreamClientDisconnectAbortsTurn(t *testing.T) {
 	}
 	st.close()
 
-	waitFor(t, "the turn to end after the client left", func() bool {
+	waitfor.Cond(t, "the turn to end after the client left", func() bool {
 		log := e.messages(sess.ID)
 		return len(log) == 2
 	})
@@ -150,7 +151,7 @@ func TestShutdownLetsTurnsFinish(t *testing.T) {
 		status, m, _ := e.send(sess.ID, "/slow 300ms")
 		done <- answer{status, m}
 	}()
-	waitFor(t, "the turn to start", func() bool {
+	waitfor.Cond(t, "the turn to start", func() bool {
 		e.srv.o.mu.Lock()
 		defer e.srv.o.mu.Unlock()
 		return e.srv.o.active[sess.ID] != nil
@@ -176,7 +177,7 @@ func TestShutdownAbortsTurnsPastTheBound(t *testing.T) {
 	e.createAgent("stubborn", nil)
 	sess := e.readySession("stubborn")
 	go e.send(sess.ID, "/block")
-	waitFor(t, "the harness to run the turn", func() bool {
+	waitfor.Cond(t, "the harness to run the turn", func() bool {
 		log := e.messages(sess.ID)
 		e.srv.o.mu.Lock()
 		defer e.srv.o.mu.Unlock()

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"lap.dev/lap/control/api"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes"
 	"lap.dev/lap/sandboxes/sandboxestest"
 	"lap.dev/lap/store"
@@ -28,7 +29,7 @@ func (e *env) warmOf(agentID string) []store.Sandbox {
 func (e *env) waitWarm(agentID string, n int) []store.Sandbox {
 	e.t.Helper()
 	var warm []store.Sandbox
-	waitFor(e.t, "the warm pool", func() bool {
+	waitfor.Cond(e.t, "the warm pool", func() bool {
 		warm = e.warmOf(agentID)
 		return len(warm) == n
 	})
@@ -68,7 +69,7 @@ func TestWarmPoolSizeFollowsTheAgent(t *testing.T) {
 	e.waitWarm(a.ID, 1)
 	require.Equal(t, http.StatusOK, e.do(http.MethodPatch, "/agents/sized", map[string]any{"warm_pool_size": 0}, nil))
 	e.waitWarm(a.ID, 0)
-	waitFor(t, "the drained sandboxes destroyed", func() bool { return len(e.backend.Running()) == 0 })
+	waitfor.Cond(t, "the drained sandboxes destroyed", func() bool { return len(e.backend.Running()) == 0 })
 }
 
 func TestWarmPoolReplacesAnOldGeneration(t *testing.T) {
@@ -78,7 +79,7 @@ func TestWarmPoolReplacesAnOldGeneration(t *testing.T) {
 	old := e.waitWarm(a.ID, 1)[0]
 	require.Equal(t, http.StatusOK, e.do(http.MethodPatch, "/agents/regen", map[string]any{"prompt": "a new prompt"}, nil))
 	var fresh store.Sandbox
-	waitFor(t, "a warm sandbox of generation 2", func() bool {
+	waitfor.Cond(t, "a warm sandbox of generation 2", func() bool {
 		warm := e.warmOf(a.ID)
 		if len(warm) == 1 && warm[0].Generation == 2 {
 			fresh = warm[0]
@@ -87,7 +88,7 @@ func TestWarmPoolReplacesAnOldGeneration(t *testing.T) {
 		return false
 	})
 	assert.NotEqual(t, old.ID, fresh.ID)
-	waitFor(t, "the old generation's sandbox destroyed", func() bool {
+	waitfor.Cond(t, "the old generation's sandbox destroyed", func() bool {
 		sb, err := e.store.GetSandbox(context.Background(), old.ID)
 		return err == nil && sb.State == store.SandboxDestroyed
 	})
@@ -103,7 +104,7 @@ func TestWarmPoolOfADeletedAgentIsDestroyed(t *testing.T) {
 	a := e.createAgent("gone", nil)
 	e.waitWarm(a.ID, 2)
 	require.Equal(t, http.StatusNoContent, e.do(http.MethodDelete, "/agents/gone", nil, nil))
-	waitFor(t, "every sandbox destroyed", func() bool { return len(e.backend.Running()) == 0 })
+	waitfor.Cond(t, "every sandbox destroyed", func() bool { return len(e.backend.Running()) == 0 })
 	assert.Empty(t, e.warmOf(a.ID))
 }
 
@@ -130,7 +131,7 @@ func TestWarmPoolProvisionsAFewAtATime(t *testing.T) {
 	}
 	e := newEnv(t, envOptions{settings: map[string]string{"WARM_POOL_SIZE": "1"}, backend: sandboxestest.Options{BeforeProvision: hook}})
 	a := e.createAgent("busy", map[string]any{"warm_pool_size": 8})
-	waitFor(t, "provisions to queue up", func() bool { return inFlight.Load() == warmConcurrency })
+	waitfor.Cond(t, "provisions to queue up", func() bool { return inFlight.Load() == warmConcurrency })
 
 	var sess api.Session
 	require.Equal(t, http.StatusCreated, e.do(http.MethodPost, "/agents/busy/session", nil, &sess))
@@ -201,7 +202,7 @@ func TestWarmPoolProvisionsANewGenerationAtOnceAfterAFailure(t *testing.T) {
 			<-entered
 			if !updatedDuring {
 				<-failed
-				waitFor(t, "the failed provision to end", func() bool {
+				waitfor.Cond(t, "the failed provision to end", func() bool {
 					e.srv.o.pool.mu.Lock()
 					defer e.srv.o.pool.mu.Unlock()
 					return e.srv.o.pool.running[a.ID] == 0

@@ -25,6 +25,7 @@ import (
 
 	"lap.dev/lap/config"
 	"lap.dev/lap/control/api"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes"
 	"lap.dev/lap/sandboxes/sandboxestest"
 	"lap.dev/lap/store"
@@ -329,7 +330,7 @@ func TestKillDuringConcurrentCreates(t *testing.T) {
 	require.NoError(t, json.Unmarshal(body, &sess))
 	require.Equal(t, api.SessionReady, sess.Status)
 	go l.do(http.MethodPost, api.BasePath+"/sessions/"+sess.ID+"/message", `{"text":"/block"}`, true)
-	waitUntil(t, "the turn to be pending", func() bool {
+	waitfor.Cond(t, "the turn to be pending", func() bool {
 		_, body, err := l.do(http.MethodGet, api.BasePath+"/sessions/"+sess.ID+"/messages", "", true)
 		return err == nil && strings.Contains(string(body), `"status":"pending"`)
 	})
@@ -357,7 +358,7 @@ func TestKillDuringConcurrentCreates(t *testing.T) {
 		}()
 	}
 	close(start)
-	waitUntil(t, "some creates to succeed", func() bool {
+	waitfor.Cond(t, "some creates to succeed", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(created) >= 50
@@ -405,15 +406,4 @@ func TestKillDuringConcurrentCreates(t *testing.T) {
 	require.NoError(t, err, "the store opens cleanly")
 	defer st.Close()
 	require.NoError(t, st.Check(), "and passes bbolt's consistency check")
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for delay := time.Millisecond; !cond(); delay = min(2*delay, 100*time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(delay)
-	}
 }

@@ -388,12 +388,25 @@ func (b *Box) LogTails(n int) string {
 	return sb.String()
 }
 
+// SkipInShortMode skips t under go test -short (make test-short): a box
+// needs root and takes minutes to start, far more than the edit loop's
+// quick tier allows. make test runs every box test; this is the only
+// way they skip.
+func SkipInShortMode(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("Knative in a box (root, minutes): skipped in -short mode (make test runs it)")
+	}
+}
+
 // StartForTest starts a box for t and tears it down when t ends. When t
 // has failed, the cleanup prints the tails of every log first. Either way
 // it then fails t if anything of the box is left on the machine. It fails
-// t, never skips it, when the machine cannot run a box.
+// t, never skips it, when the machine cannot run a box (it skips only in
+// -short mode).
 func StartForTest(t testing.TB, opts Options) *Box {
 	t.Helper()
+	SkipInShortMode(t)
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}

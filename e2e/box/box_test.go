@@ -22,6 +22,7 @@ import (
 
 	"lap.dev/lap/e2e/box"
 	"lap.dev/lap/e2e/fakellm"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes/protocol"
 )
 
@@ -194,7 +195,7 @@ func steps(b *box.Box) string {
 func waitService(t *testing.T, ctx context.Context, b *box.Box, ns, name string, cond func(*servingv1.Service) bool) *servingv1.Service {
 	t.Helper()
 	var last *servingv1.Service
-	ok := box.Poll(ctx, 3*time.Minute, 100*time.Millisecond, func() bool {
+	ok := waitfor.Poll(ctx, 3*time.Minute, 100*time.Millisecond, func() bool {
 		s, err := b.Serving().ServingV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false
@@ -218,7 +219,7 @@ func waitPods(t *testing.T, ctx context.Context, b *box.Box, ns, revision string
 		sel = serving.RevisionLabelKey + "=" + revision
 	}
 	var pods []corev1.Pod
-	ok := box.Poll(ctx, 3*time.Minute, 100*time.Millisecond, func() bool {
+	ok := waitfor.Poll(ctx, 3*time.Minute, 100*time.Millisecond, func() bool {
 		list, err := b.Kube().CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: sel})
 		if err != nil {
 			return false

@@ -21,6 +21,7 @@ import (
 
 	"lap.dev/lap/e2e/box"
 	"lap.dev/lap/e2e/box/boxnet"
+	"lap.dev/lap/internal/waitfor"
 )
 
 // TestCrashedBoxIsSwept kills a running box (bin/lap-box run) with
@@ -28,6 +29,7 @@ import (
 // pods — die with it, and what it leaves in the kernel (namespaces, the
 // veth, the address) is swept by the next box's start.
 func TestCrashedBoxIsSwept(t *testing.T) {
+	box.SkipInShortMode(t)
 	root, err := box.FindRoot()
 	require.NoError(t, err)
 	bin := filepath.Join(root, "bin", "lap-box")
@@ -58,7 +60,7 @@ func TestCrashedBoxIsSwept(t *testing.T) {
 		Slot       int    `json:"slot"`
 		Kubeconfig string `json:"kubeconfig"`
 	}
-	require.True(t, box.Poll(ctx, 4*time.Minute, 100*time.Millisecond, func() bool {
+	require.True(t, waitfor.Poll(ctx, 4*time.Minute, 100*time.Millisecond, func() bool {
 		b, err := os.ReadFile(filepath.Join(dir, "box", "box.json"))
 		return err == nil && json.Unmarshal(b, &state) == nil
 	}), "the box did not come up")
@@ -93,7 +95,7 @@ func TestCrashedBoxIsSwept(t *testing.T) {
 		},
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
-	require.True(t, box.Poll(ctx, 2*time.Minute, 100*time.Millisecond, func() bool {
+	require.True(t, waitfor.Poll(ctx, 2*time.Minute, 100*time.Millisecond, func() bool {
 		pods, err := kube.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=crash"})
 		return err == nil && len(pods.Items) == 1 && pods.Items[0].Status.Phase == corev1.PodRunning
 	}), "the pod did not start")
@@ -105,7 +107,7 @@ func TestCrashedBoxIsSwept(t *testing.T) {
 	require.NoError(t, cmd.Process.Kill())
 	<-exited
 	// The processes die with the box's (parent-death signal).
-	require.True(t, box.Poll(ctx, time.Minute, 100*time.Millisecond, func() bool {
+	require.True(t, waitfor.Poll(ctx, time.Minute, 100*time.Millisecond, func() bool {
 		left, err := boxnet.Leftovers(ctx, state.Slot)
 		return err == nil && count(left, "process ") == 0
 	}), "processes of the killed box live on")

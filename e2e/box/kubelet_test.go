@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"lap.dev/lap/e2e/box"
+	"lap.dev/lap/internal/waitfor"
 )
 
 // TestKubelet checks what the box's kubelet does beyond what Knative's
@@ -51,7 +52,7 @@ func TestKubelet(t *testing.T) {
 	waitPod := func(name, what string, cond func(*corev1.Pod) bool) *corev1.Pod {
 		t.Helper()
 		var last *corev1.Pod
-		ok := box.Poll(ctx, 2*time.Minute, 100*time.Millisecond, func() bool {
+		ok := waitfor.Poll(ctx, 2*time.Minute, 100*time.Millisecond, func() bool {
 			p, err := kube.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 			if err != nil {
 				return false
@@ -95,7 +96,7 @@ func TestKubelet(t *testing.T) {
 	require.NoError(t, err)
 	p = waitPod("env", "running and ready", func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning && ready(p) })
 	want := fmt.Sprintf("A=one B=blue C=one-two CM_size=large POD=env IP=%s TEAM=box S=shh", p.Status.PodIP)
-	require.True(t, box.Poll(ctx, time.Minute, 100*time.Millisecond, func() bool {
+	require.True(t, waitfor.Poll(ctx, time.Minute, 100*time.Millisecond, func() bool {
 		raw, err := kube.CoreV1().Pods(ns).GetLogs("env", &corev1.PodLogOptions{Container: "main"}).DoRaw(ctx)
 		return err == nil && strings.Contains(string(raw), want)
 	}), "log of pod env says %q", want)
@@ -127,7 +128,7 @@ func TestKubelet(t *testing.T) {
 	for _, name := range []string{"env", "crash", "secret-volume", "no-image"} {
 		require.NoError(t, kube.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{}))
 	}
-	require.True(t, box.Poll(ctx, 2*time.Minute, 100*time.Millisecond, func() bool {
+	require.True(t, waitfor.Poll(ctx, 2*time.Minute, 100*time.Millisecond, func() bool {
 		list, err := kube.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		return err == nil && len(list.Items) == 0
 	}), "pods left after deletion")

@@ -25,6 +25,7 @@ import (
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/e2e/platform"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/store"
 )
 
@@ -113,7 +114,7 @@ func TestLapdKilledDuringStreamingTurns(t *testing.T) {
 			t.Fatal("the fast turns were not answered")
 		}
 	}
-	platform.WaitFor(t, "every slow turn in its tool", func() bool {
+	waitfor.Within(t, platform.Deadline, "every slow turn in its tool", func() bool {
 		n := 0
 		for _, r := range p.LLM.Requests() {
 			if strings.HasPrefix(r.LastUserText(), "slow ") {
@@ -210,7 +211,7 @@ func TestHarnessKilledMidTurn(t *testing.T) {
 
 	st, err := l.StreamMessage(context.Background(), s.ID, "slow 1")
 	require.NoError(t, err)
-	platform.WaitFor(t, "the turn in its tool", func() bool {
+	waitfor.Within(t, platform.Deadline, "the turn in its tool", func() bool {
 		reqs := p.LLM.Requests()
 		return len(reqs) > 0 && reqs[len(reqs)-1].LastUserText() == "slow 1"
 	})
@@ -307,6 +308,10 @@ func TestDataDirFull(t *testing.T) {
 		t.Fatalf("mount a tmpfs (the tests run as root): %v: %s", err, out)
 	}
 	t.Cleanup(func() {
+		// The sandboxes' records are on the tmpfs: stop the harnesses
+		// they name before it goes (this cleanup runs before the
+		// platform's), or they outlive the test.
+		p.Close()
 		if out, err := exec.Command("umount", "-l", mnt).CombinedOutput(); err != nil {
 			t.Errorf("umount %s: %v: %s", mnt, err, out)
 		}

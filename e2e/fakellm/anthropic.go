@@ -1,6 +1,7 @@
 package fakellm
 
-// The Anthropic Messages wire format (POST /v1/messages): request parsing,
+// The Anthropic Messages format (POST /v1/messages; its types are
+// llmwire's): request parsing,
 // the conversation checks the real API makes, and answers as a message
 // object or as the real event stream — message_start, ping, per content
 // block content_block_start / content_block_delta (text_delta or
@@ -13,76 +14,16 @@ import (
 	"io"
 	"net/http"
 	"strings"
+
+	"lap.dev/lap/control/gateway/llmwire"
 )
-
-// anthropicRequest is the part of a Messages request the fake reads.
-type anthropicRequest struct {
-	Model     string          `json:"model"`
-	MaxTokens int64           `json:"max_tokens"`
-	Stream    bool            `json:"stream"`
-	System    json.RawMessage `json:"system"`
-	Messages  []struct {
-		Role    string          `json:"role"`
-		Content json.RawMessage `json:"content"`
-	} `json:"messages"`
-	Tools []struct {
-		Name        string          `json:"name"`
-		Description string          `json:"description"`
-		InputSchema json.RawMessage `json:"input_schema"`
-	} `json:"tools"`
-}
-
-// anthropicBlock is one content block of a request message.
-type anthropicBlock struct {
-	Type string `json:"type"`
-	Text string `json:"text"`
-	// tool_use
-	ID    string          `json:"id"`
-	Name  string          `json:"name"`
-	Input json.RawMessage `json:"input"`
-	// tool_result
-	ToolUseID string          `json:"tool_use_id"`
-	Content   json.RawMessage `json:"content"`
-	IsError   bool            `json:"is_error"`
-}
-
-// anthropicBlocks reads content that is a string or an array of blocks.
-func anthropicBlocks(raw json.RawMessage) ([]anthropicBlock, error) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return nil, nil
-	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err == nil {
-		return []anthropicBlock{{Type: "text", Text: s}}, nil
-	}
-	var blocks []anthropicBlock
-	if err := json.Unmarshal(raw, &blocks); err != nil {
-		return nil, fmt.Errorf("neither a string nor an array of content blocks")
-	}
-	return blocks, nil
-}
-
-// anthropicText joins the text blocks of content (a string or blocks).
-func anthropicText(raw json.RawMessage) (string, error) {
-	blocks, err := anthropicBlocks(raw)
-	if err != nil {
-		return "", err
-	}
-	var b strings.Builder
-	for _, bl := range blocks {
-		if bl.Type == "text" {
-			b.WriteString(bl.Text)
-		}
-	}
-	return b.String(), nil
-}
 
 // parseAnthropicMessages turns a Messages body into a Request. The system
 // prompt becomes a leading system message; a user message's tool_result
 // blocks become tool messages (before its text, as the API orders them)
 // and an assistant's tool_use blocks its ToolCalls.
 func parseAnthropicMessages(body []byte) (Request, error) {
-	var in anthropicRequest
+	var in llmwire.MessagesRequest
 	if err := json.Unmarshal(body, &in); err != nil {
 		return Request{}, fmt.Errorf("parse request body: %w", err)
 	}
@@ -93,7 +34,7 @@ func parseAnthropicMessages(body []byte) (Request, error) {
 	if in.MaxTokens <= 0 {
 		return Request{}, fmt.Errorf("max_tokens: field required")
 	}
-	system, err := anthropicText(in.System)
+	system, err := llmwire.BlocksText(in.System)
 	if err != nil {
 		return Request{}, fmt.Errorf("system: %w", err)
 	}
@@ -101,7 +42,7 @@ func parseAnthropicMessages(body []byte) (Request, error) {
 		req.Messages = append(req.Messages, Message{Role: "system", Text: system})
 	}
 	for i, m := range in.Messages {
-		blocks, err := anthropicBlocks(m.Content)
+		blocks, err := llmwire.Blocks(m.Content)
 		if err != nil {
 			return Request{}, fmt.Errorf("messages.%d.content: %w", i, err)
 		}
@@ -111,7 +52,7 @@ func parseAnthropicMessages(body []byte) (Request, error) {
 			for _, b := range blocks {
 				switch b.Type {
 				case "tool_result":
-					out, err := anthropicText(b.Content)
+					out, err := llmwire.BlocksText(b.Content)
 					if err != nil {
 						return Request{}, fmt.Errorf("messages.%d.content: tool_result: %w", i, err)
 					}
@@ -150,7 +91,7 @@ func parseAnthropicMessages(body []byte) (Request, error) {
 	return req, nil
 }
 
-func hasBlock(blocks []anthropicBlock, typ string) bool {
+func hasBlock(blocks []llmwire.Block, typ string) bool {
 	for _, b := range blocks {
 		if b.Type == typ {
 			return true
@@ -260,34 +201,23 @@ func toolInput(c ToolCall) json.RawMessage {
 	return json.RawMessage(c.Arguments)
 }
 
-func anthropicUsage(u Usage, input bool) map[string]any {
-	m := map[string]any{"output_tokens": u.CompletionTokens}
-	if input {
-		m["input_tokens"] = u.PromptTokens
-		m["cache_creation_input_tokens"] = 0
-		m["cache_read_input_tokens"] = 0
-	}
-	return m
+func anthropicUsage(u Usage) llmwire.AnthropicUsage {
+	return llmwire.AnthropicUsage{InputTokens: u.PromptTokens, OutputTokens: u.CompletionTokens}
 }
 
 // anthropicMessage is a whole message object for reply.
 func anthropicMessage(req Request, reply Reply) any {
-	content := []any{}
+	content := []llmwire.ContentBlock{}
 	if reply.Text != "" {
-		content = append(content, map[string]any{"type": "text", "text": reply.Text})
+		content = append(content, llmwire.TextBlock(reply.Text))
 	}
 	for _, c := range reply.ToolCalls {
-		content = append(content, map[string]any{"type": "tool_use", "id": c.ID, "name": c.Name, "input": toolInput(c)})
+		content = append(content, llmwire.ToolUseBlock(c.ID, c.Name, toolInput(c)))
 	}
-	return map[string]any{
-		"id":            anthropicMessageID(req),
-		"type":          "message",
-		"role":          "assistant",
-		"model":         req.Model,
-		"content":       content,
-		"stop_reason":   anthropicStopReason(reply),
-		"stop_sequence": nil,
-		"usage":         anthropicUsage(usage(req, reply), true),
+	reason := anthropicStopReason(reply)
+	return llmwire.Message{
+		ID: anthropicMessageID(req), Type: "message", Role: "assistant", Model: req.Model,
+		Content: content, StopReason: &reason, Usage: anthropicUsage(usage(req, reply)),
 	}
 }
 
@@ -308,61 +238,62 @@ func (s *Server) streamAnthropicMessages(w http.ResponseWriter, r *http.Request,
 		return s.pause(ctx, reply.ChunkDelay)
 	}
 
-	start := map[string]any{
-		"id": anthropicMessageID(req), "type": "message", "role": "assistant", "model": req.Model,
-		"content": []any{}, "stop_reason": nil, "stop_sequence": nil,
-		"usage": map[string]any{"input_tokens": u.PromptTokens, "output_tokens": 1, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
-	}
-	if send("message_start", map[string]any{"type": "message_start", "message": start}) != nil {
+	startUsage := anthropicUsage(u)
+	startUsage.OutputTokens = 1
+	start := llmwire.Message{ID: anthropicMessageID(req), Type: "message", Role: "assistant", Model: req.Model,
+		Content: []llmwire.ContentBlock{}, Usage: startUsage}
+	if send("message_start", llmwire.MessageStart{Type: "message_start", Message: start}) != nil {
 		return
 	}
-	if send("ping", map[string]any{"type": "ping"}) != nil {
+	if send("ping", llmwire.Ping{Type: "ping"}) != nil {
 		return
 	}
 	index := 0
 	if reply.Text != "" || reply.Hang || reply.StreamError != "" {
-		if send("content_block_start", map[string]any{"type": "content_block_start", "index": index, "content_block": map[string]any{"type": "text", "text": ""}}) != nil {
+		if send("content_block_start", llmwire.ContentBlockStart{Type: "content_block_start", Index: index, ContentBlock: llmwire.TextBlock("")}) != nil {
 			return
 		}
 		for _, piece := range split(reply.Text, reply.Chunks) {
-			if send("content_block_delta", map[string]any{"type": "content_block_delta", "index": index, "delta": map[string]any{"type": "text_delta", "text": piece}}) != nil {
+			if send("content_block_delta", llmwire.TextDelta(index, piece)) != nil {
 				return
 			}
 		}
 		if reply.StreamError != "" {
 			// How the API reports a failure after the stream began.
-			_ = send("error", map[string]any{"type": "error", "error": map[string]any{"type": "overloaded_error", "message": reply.StreamError}})
+			_ = send("error", llmwire.NewAnthropicError("overloaded_error", reply.StreamError))
 			return
 		}
 		if reply.Hang {
 			s.hang(ctx)
 			return
 		}
-		if send("content_block_stop", map[string]any{"type": "content_block_stop", "index": index}) != nil {
+		if send("content_block_stop", llmwire.ContentBlockStop{Type: "content_block_stop", Index: index}) != nil {
 			return
 		}
 		index++
 	}
 	for _, c := range reply.ToolCalls {
-		block := map[string]any{"type": "tool_use", "id": c.ID, "name": c.Name, "input": map[string]any{}}
-		if send("content_block_start", map[string]any{"type": "content_block_start", "index": index, "content_block": block}) != nil {
+		block := llmwire.ToolUseBlock(c.ID, c.Name, json.RawMessage(`{}`))
+		if send("content_block_start", llmwire.ContentBlockStart{Type: "content_block_start", Index: index, ContentBlock: block}) != nil {
 			return
 		}
 		for _, piece := range split(c.Arguments, reply.Chunks) {
-			if send("content_block_delta", map[string]any{"type": "content_block_delta", "index": index, "delta": map[string]any{"type": "input_json_delta", "partial_json": piece}}) != nil {
+			if send("content_block_delta", llmwire.InputJSONDelta(index, piece)) != nil {
 				return
 			}
 		}
-		if send("content_block_stop", map[string]any{"type": "content_block_stop", "index": index}) != nil {
+		if send("content_block_stop", llmwire.ContentBlockStop{Type: "content_block_stop", Index: index}) != nil {
 			return
 		}
 		index++
 	}
-	delta := map[string]any{"type": "message_delta", "delta": map[string]any{"stop_reason": anthropicStopReason(reply), "stop_sequence": nil}, "usage": anthropicUsage(u, false)}
+	reason := anthropicStopReason(reply)
+	delta := llmwire.MessageDelta{Type: "message_delta", Delta: llmwire.MessageDeltaStop{StopReason: &reason},
+		Usage: llmwire.MessageDeltaUsage{OutputTokens: u.CompletionTokens}}
 	if send("message_delta", delta) != nil {
 		return
 	}
-	_ = send("message_stop", map[string]any{"type": "message_stop"})
+	_ = send("message_stop", llmwire.MessageStop{Type: "message_stop"})
 }
 
 // writeAnthropicError answers with the API's error object.
@@ -390,5 +321,5 @@ func writeAnthropicError(w http.ResponseWriter, status int, message string, head
 	for k, v := range header {
 		w.Header().Set(k, v)
 	}
-	writeJSON(w, status, map[string]any{"type": "error", "error": map[string]any{"type": typ, "message": message}})
+	writeJSON(w, status, llmwire.NewAnthropicError(typ, message))
 }

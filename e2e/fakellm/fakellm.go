@@ -32,6 +32,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"lap.dev/lap/control/gateway/llmwire"
 )
 
 // Format names the wire format a request arrived in.
@@ -472,11 +474,7 @@ func startSSE(w http.ResponseWriter) sse {
 // write sends one event, with an event: line when event is not empty,
 // and flushes it so the client sees it at once.
 func (e sse) write(event string, data []byte) error {
-	msg := "data: " + string(data) + "\n\n"
-	if event != "" {
-		msg = "event: " + event + "\n" + msg
-	}
-	if _, err := io.WriteString(e.w, msg); err != nil {
+	if err := llmwire.WriteRawEvent(e.w, event, data); err != nil {
 		return err
 	}
 	if e.flusher != nil {

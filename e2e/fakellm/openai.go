@@ -1,50 +1,22 @@
 package fakellm
 
-// The OpenAI chat-completions wire format: request parsing, conversation
-// checks the real API makes, and answers as chat.completion objects or as
-// a text/event-stream of chat.completion.chunk objects ending in [DONE].
+// The OpenAI chat-completions format (its types are llmwire's): request
+// parsing, conversation checks the real API makes, and answers as
+// chat.completion objects or as a text/event-stream of
+// chat.completion.chunk objects ending in [DONE].
 
 import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
-)
 
-// openAIRequest is the part of a chat-completions request the fake reads.
-type openAIRequest struct {
-	Model         string `json:"model"`
-	Stream        bool   `json:"stream"`
-	StreamOptions *struct {
-		IncludeUsage bool `json:"include_usage"`
-	} `json:"stream_options"`
-	Messages []struct {
-		Role       string          `json:"role"`
-		Content    json.RawMessage `json:"content"`
-		ToolCallID string          `json:"tool_call_id"`
-		ToolCalls  []struct {
-			ID       string `json:"id"`
-			Type     string `json:"type"`
-			Function struct {
-				Name      string `json:"name"`
-				Arguments string `json:"arguments"`
-			} `json:"function"`
-		} `json:"tool_calls"`
-	} `json:"messages"`
-	Tools []struct {
-		Type     string `json:"type"`
-		Function struct {
-			Name        string          `json:"name"`
-			Description string          `json:"description"`
-			Parameters  json.RawMessage `json:"parameters"`
-		} `json:"function"`
-	} `json:"tools"`
-}
+	"lap.dev/lap/control/gateway/llmwire"
+)
 
 // parseOpenAIChat turns a chat-completions body into a Request.
 func parseOpenAIChat(body []byte) (Request, error) {
-	var in openAIRequest
+	var in llmwire.ChatRequest
 	if err := json.Unmarshal(body, &in); err != nil {
 		return Request{}, fmt.Errorf("parse request body: %w", err)
 	}
@@ -53,11 +25,9 @@ func parseOpenAIChat(body []byte) (Request, error) {
 		Model:  in.Model,
 		Stream: in.Stream,
 	}
-	if in.StreamOptions != nil {
-		req.IncludeUsage = in.StreamOptions.IncludeUsage
-	}
+	req.IncludeUsage = in.IncludeUsage()
 	for i, m := range in.Messages {
-		text, err := openAIContentText(m.Content)
+		text, err := llmwire.ContentText(m.Content)
 		if err != nil {
 			return Request{}, fmt.Errorf("messages[%d].content: %w", i, err)
 		}
@@ -75,32 +45,6 @@ func parseOpenAIChat(body []byte) (Request, error) {
 		req.Tools = append(req.Tools, Tool{Name: t.Function.Name, Description: t.Function.Description, Parameters: t.Function.Parameters})
 	}
 	return req, nil
-}
-
-// openAIContentText reads content that is a string, null or an array of
-// parts, joining the text parts.
-func openAIContentText(raw json.RawMessage) (string, error) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return "", nil
-	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err == nil {
-		return s, nil
-	}
-	var parts []struct {
-		Type string `json:"type"`
-		Text string `json:"text"`
-	}
-	if err := json.Unmarshal(raw, &parts); err != nil {
-		return "", fmt.Errorf("neither a string nor an array of parts")
-	}
-	var b strings.Builder
-	for _, p := range parts {
-		if p.Type == "text" {
-			b.WriteString(p.Text)
-		}
-	}
-	return b.String(), nil
 }
 
 // checkOpenAIConversation rejects what the real API rejects with 400: a
@@ -143,32 +87,8 @@ var openAIChat = wire{
 	stream: (*Server).streamOpenAIChat,
 }
 
-// openAIChoiceMessage is the assistant message of a non-streamed answer.
-type openAIChoiceMessage struct {
-	Role      string           `json:"role"`
-	Content   *string          `json:"content"`
-	Refusal   *string          `json:"refusal"`
-	ToolCalls []openAIToolCall `json:"tool_calls,omitempty"`
-}
-
-type openAIToolCall struct {
-	Index    *int   `json:"index,omitempty"`
-	ID       string `json:"id,omitempty"`
-	Type     string `json:"type,omitempty"`
-	Function struct {
-		Name      string `json:"name,omitempty"`
-		Arguments string `json:"arguments"`
-	} `json:"function"`
-}
-
-type openAIUsage struct {
-	PromptTokens     int64 `json:"prompt_tokens"`
-	CompletionTokens int64 `json:"completion_tokens"`
-	TotalTokens      int64 `json:"total_tokens"`
-}
-
-func toOpenAIUsage(u Usage) *openAIUsage {
-	return &openAIUsage{PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens, TotalTokens: u.PromptTokens + u.CompletionTokens}
+func toOpenAIUsage(u Usage) *llmwire.ChatUsage {
+	return llmwire.NewChatUsage(u.PromptTokens, u.CompletionTokens)
 }
 
 func finishReason(reply Reply) string {
@@ -186,52 +106,19 @@ func completionID(req Request) string { return fmt.Sprintf("chatcmpl-fake%d", re
 
 // openAICompletion is a whole chat.completion object for reply.
 func openAICompletion(req Request, reply Reply) any {
-	msg := openAIChoiceMessage{Role: "assistant"}
+	msg := llmwire.ChatAnswerMessage{Role: "assistant"}
 	if reply.Text != "" || len(reply.ToolCalls) == 0 {
 		msg.Content = &reply.Text
 	}
 	for _, c := range reply.ToolCalls {
-		tc := openAIToolCall{ID: c.ID, Type: "function"}
-		tc.Function.Name, tc.Function.Arguments = c.Name, c.Arguments
-		msg.ToolCalls = append(msg.ToolCalls, tc)
+		msg.ToolCalls = append(msg.ToolCalls, llmwire.ChatToolCall{ID: c.ID, Type: "function",
+			Function: llmwire.ChatFunctionCall{Name: c.Name, Arguments: c.Arguments}})
 	}
-	return map[string]any{
-		"id":      completionID(req),
-		"object":  "chat.completion",
-		"created": time.Now().Unix(),
-		"model":   req.Model,
-		"choices": []any{map[string]any{
-			"index":         0,
-			"message":       msg,
-			"logprobs":      nil,
-			"finish_reason": finishReason(reply),
-		}},
-		"usage": toOpenAIUsage(usage(req, reply)),
+	return llmwire.ChatCompletion{
+		ID: completionID(req), Object: "chat.completion", Created: time.Now().Unix(), Model: req.Model,
+		Choices: []llmwire.ChatChoice{{Message: msg, FinishReason: finishReason(reply)}},
+		Usage:   toOpenAIUsage(usage(req, reply)),
 	}
-}
-
-// openAIChunk is one chat.completion.chunk.
-type openAIChunk struct {
-	ID      string         `json:"id"`
-	Object  string         `json:"object"`
-	Created int64          `json:"created"`
-	Model   string         `json:"model"`
-	Choices []openAIChoice `json:"choices"`
-	// Usage is null on every chunk but the last when usage is asked for,
-	// and absent otherwise, as the real API does.
-	Usage *openAIUsage `json:"usage,omitempty"`
-}
-
-type openAIChoice struct {
-	Index        int         `json:"index"`
-	Delta        openAIDelta `json:"delta"`
-	FinishReason *string     `json:"finish_reason"`
-}
-
-type openAIDelta struct {
-	Role      string           `json:"role,omitempty"`
-	Content   *string          `json:"content,omitempty"`
-	ToolCalls []openAIToolCall `json:"tool_calls,omitempty"`
 }
 
 // streamOpenAIChat writes reply as server-sent chunks: the role, the text
@@ -242,8 +129,8 @@ func (s *Server) streamOpenAIChat(w http.ResponseWriter, r *http.Request, req Re
 	events := startSSE(w)
 
 	created := time.Now().Unix()
-	send := func(choices []openAIChoice, u *openAIUsage) error {
-		chunk := openAIChunk{ID: completionID(req), Object: "chat.completion.chunk", Created: created, Model: req.Model, Choices: choices, Usage: u}
+	send := func(choices []llmwire.ChatChunkChoice, u *llmwire.ChatUsage) error {
+		chunk := llmwire.ChatChunk{ID: completionID(req), Object: "chat.completion.chunk", Created: created, Model: req.Model, Choices: choices, Usage: u}
 		b, err := json.Marshal(chunk)
 		if err != nil {
 			return err
@@ -257,19 +144,19 @@ func (s *Server) streamOpenAIChat(w http.ResponseWriter, r *http.Request, req Re
 		}
 		return s.pause(ctx, reply.ChunkDelay)
 	}
-	delta := func(d openAIDelta) []openAIChoice { return []openAIChoice{{Delta: d}} }
+	delta := func(d llmwire.ChatDelta) []llmwire.ChatChunkChoice { return []llmwire.ChatChunkChoice{{Delta: d}} }
 
 	empty := ""
-	if send(delta(openAIDelta{Role: "assistant", Content: &empty}), nil) != nil {
+	if send(delta(llmwire.ChatDelta{Role: "assistant", Content: &empty}), nil) != nil {
 		return
 	}
 	for _, piece := range split(reply.Text, reply.Chunks) {
-		if send(delta(openAIDelta{Content: &piece}), nil) != nil {
+		if send(delta(llmwire.ChatDelta{Content: &piece}), nil) != nil {
 			return
 		}
 	}
 	if reply.StreamError != "" {
-		b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": reply.StreamError, "type": "server_error", "param": nil, "code": nil}})
+		b, _ := json.Marshal(llmwire.NewChatError("server_error", "", reply.StreamError))
 		_ = events.write("", b)
 		return
 	}
@@ -279,29 +166,27 @@ func (s *Server) streamOpenAIChat(w http.ResponseWriter, r *http.Request, req Re
 	}
 	for i, c := range reply.ToolCalls {
 		index := i
-		head := openAIToolCall{Index: &index, ID: c.ID, Type: "function"}
-		head.Function.Name = c.Name
-		if send(delta(openAIDelta{ToolCalls: []openAIToolCall{head}}), nil) != nil {
+		head := llmwire.ChatToolCall{Index: &index, ID: c.ID, Type: "function", Function: llmwire.ChatFunctionCall{Name: c.Name}}
+		if send(delta(llmwire.ChatDelta{ToolCalls: []llmwire.ChatToolCall{head}}), nil) != nil {
 			return
 		}
 		for _, piece := range split(c.Arguments, reply.Chunks) {
-			part := openAIToolCall{Index: &index}
-			part.Function.Arguments = piece
-			if send(delta(openAIDelta{ToolCalls: []openAIToolCall{part}}), nil) != nil {
+			part := llmwire.ChatToolCall{Index: &index, Function: llmwire.ChatFunctionCall{Arguments: piece}}
+			if send(delta(llmwire.ChatDelta{ToolCalls: []llmwire.ChatToolCall{part}}), nil) != nil {
 				return
 			}
 		}
 	}
 	reason := finishReason(reply)
-	if send([]openAIChoice{{Delta: openAIDelta{}, FinishReason: &reason}}, nil) != nil {
+	if send([]llmwire.ChatChunkChoice{{Delta: llmwire.ChatDelta{}, FinishReason: &reason}}, nil) != nil {
 		return
 	}
 	if req.IncludeUsage {
-		if send([]openAIChoice{}, toOpenAIUsage(usage(req, reply))) != nil {
+		if send([]llmwire.ChatChunkChoice{}, toOpenAIUsage(usage(req, reply))) != nil {
 			return
 		}
 	}
-	_ = events.write("", []byte("[DONE]"))
+	_ = events.write("", llmwire.ChatDone)
 }
 
 func (s *Server) serveOpenAIModels(w http.ResponseWriter, _ *http.Request) {
@@ -330,7 +215,7 @@ func writeOpenAIError(w http.ResponseWriter, status int, message string, header 
 	for k, v := range header {
 		w.Header().Set(k, v)
 	}
-	writeJSON(w, status, map[string]any{"error": map[string]any{"message": message, "type": typ, "param": nil, "code": nil}})
+	writeJSON(w, status, llmwire.NewChatError(typ, "", message))
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -32,6 +32,7 @@ import (
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/e2e/platform"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes/protocol"
 )
 
@@ -217,7 +218,7 @@ func flow(t *testing.T, h harness) {
 	lap("agents", "update", h.agent, "--repo", repoURL)
 	envs := map[string]string{"LOG_LEVEL": "DEBUG"}
 	l.Do("PATCH", api.BasePath+"/agents/"+h.agent, api.UpdateAgentRequest{EnvVars: &envs}, nil)
-	platform.WaitFor(t, "a warm sandbox of the new generation", func() bool { return l.Warm(h.agent) == 1 })
+	waitfor.Within(t, platform.Deadline, "a warm sandbox of the new generation", func() bool { return l.Warm(h.agent) == 1 })
 
 	step("agent created and repo set; a warm sandbox is ready")
 	// Chat mode: the five lines.
@@ -253,15 +254,15 @@ func flow(t *testing.T, h harness) {
 	tm.Send(slowPrompt + "\r")
 	start, _ = tm.WaitLine(0, regexp.MustCompile(`^> `+regexp.QuoteMeta(slowPrompt)+`$`))
 	slow := filepath.Join(repo, "slow.txt")
-	platform.WaitFor(t, "the slow job to start", func() bool { _, err := os.Stat(slow); return err == nil })
+	waitfor.Within(t, platform.Deadline, "the slow job to start", func() bool { _, err := os.Stat(slow); return err == nil })
 	var jobs []int
-	platform.WaitFor(t, "the slow job's sleep", func() bool { jobs = processesIn(repo, "sleep"); return len(jobs) > 0 })
+	waitfor.Within(t, platform.Deadline, "the slow job's sleep", func() bool { jobs = processesIn(repo, "sleep"); return len(jobs) > 0 })
 	tm.WaitLine(start, regexp.MustCompile(`^… bash: `))
 	tm.Send("\x03")
 	tm.WaitLine(start, regexp.MustCompile(`^⏹ aborted$`))
 	tm.WaitFor("the next prompt", func(l []string) bool { return len(l) > 0 && l[len(l)-1] == ">" })
 	for _, pid := range jobs {
-		platform.WaitFor(t, "the slow job's process "+strconv.Itoa(pid)+" to end", func() bool { return !platform.Alive(pid) })
+		waitfor.Within(t, platform.Deadline, "the slow job's process "+strconv.Itoa(pid)+" to end", func() bool { return !platform.Alive(pid) })
 	}
 	platform.AssertFile(t, slow, "started\n")
 	msgs := l.Messages(sess.ID)
@@ -278,8 +279,8 @@ func flow(t *testing.T, h harness) {
 	tm.WaitLine(0, regexp.MustCompile(`^session `+short+` kept; resume it with: lap resume `+short+`$`))
 	require.Equal(t, 0, tm.Wait(), "Ctrl-D exits 0")
 	pid := p.HarnessPID(sess.SandboxID)
-	platform.WaitFor(t, "the session to go idle", func() bool { return l.Session(sess.ID, "").Status == api.SessionIdle })
-	platform.WaitFor(t, "its harness to stop", func() bool { return !platform.Alive(pid) })
+	waitfor.Within(t, platform.Deadline, "the session to go idle", func() bool { return l.Session(sess.ID, "").Status == api.SessionIdle })
+	waitfor.Within(t, platform.Deadline, "its harness to stop", func() bool { return !platform.Alive(pid) })
 
 	step("session idle, harness stopped")
 	// lap resume: the next message wakes it with its history.

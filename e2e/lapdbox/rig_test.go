@@ -40,6 +40,7 @@ import (
 	"lap.dev/lap/e2e/box/proc"
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/e2e/kubeapitest"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/knative"
 )
 
@@ -180,7 +181,7 @@ func (r *rig) startLapd() {
 	})
 	require.NoError(r.t, err)
 	r.lapd = p
-	ok := box.Poll(context.Background(), 2*time.Minute, 50*time.Millisecond, func() bool {
+	ok := waitfor.Poll(context.Background(), 2*time.Minute, 50*time.Millisecond, func() bool {
 		if _, exited := p.Exited(); exited {
 			return true
 		}
@@ -394,7 +395,7 @@ func (r *rig) assertTokensInSecret(revision string) {
 // with what describe says about the last state.
 func (r *rig) eventually(what string, timeout time.Duration, cond func() bool, describe func() string) {
 	r.t.Helper()
-	if !box.Poll(context.Background(), timeout, 50*time.Millisecond, cond) {
+	if !waitfor.Poll(context.Background(), timeout, 50*time.Millisecond, cond) {
 		msg := ""
 		if describe != nil {
 			msg = describe()

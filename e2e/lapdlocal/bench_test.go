@@ -10,6 +10,7 @@ import (
 
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/e2e/platform"
+	"lap.dev/lap/internal/waitfor"
 )
 
 // BenchmarkSessionCreate measures, through the built lapd's REST API with
@@ -25,7 +26,7 @@ func BenchmarkSessionCreate(b *testing.B) {
 		l := p.Start()
 		l.CreateAgent("bench-warm")
 		for range warmSamples {
-			platform.WaitFor(b, "a warm sandbox", func() bool { return l.Warm("bench-warm") == 1 })
+			waitfor.Within(b, platform.Deadline, "a warm sandbox", func() bool { return l.Warm("bench-warm") == 1 })
 			start := time.Now()
 			sess := l.CreateSession("bench-warm")
 			warm = append(warm, time.Since(start))

@@ -14,6 +14,7 @@ import (
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/e2e/platform"
+	"lap.dev/lap/internal/waitfor"
 )
 
 func TestWarmPoolSessionIsReadyAtCreateAndAnswers(t *testing.T) {
@@ -22,7 +23,7 @@ func TestWarmPoolSessionIsReadyAtCreateAndAnswers(t *testing.T) {
 	l := p.Start()
 	defer l.Stop()
 	l.CreateAgent("warm-e2e")
-	platform.WaitFor(t, "a warm sandbox", func() bool { return l.Warm("warm-e2e") == 1 })
+	waitfor.Within(t, platform.Deadline, "a warm sandbox", func() bool { return l.Warm("warm-e2e") == 1 })
 
 	sess := l.CreateSession("warm-e2e")
 	assert.Equal(t, api.SessionReady, sess.Status, "ready in the response to its create request")
@@ -36,7 +37,7 @@ func TestWarmPoolSessionIsReadyAtCreateAndAnswers(t *testing.T) {
 	assert.Equal(t, "hello?", reqs[len(reqs)-1].LastUserText(), "the message went through the harness to the LLM")
 	assert.NotContains(t, reqs[len(reqs)-1].Header.Get("Authorization"), "sk-real-upstream-key", "the harness holds a stub token only")
 
-	platform.WaitFor(t, "the pool refilled", func() bool { return l.Warm("warm-e2e") == 1 })
+	waitfor.Within(t, platform.Deadline, "the pool refilled", func() bool { return l.Warm("warm-e2e") == 1 })
 }
 
 func TestIdleSessionSleepsAndAnswersAsIfItNeverSlept(t *testing.T) {
@@ -55,7 +56,7 @@ func TestIdleSessionSleepsAndAnswersAsIfItNeverSlept(t *testing.T) {
 	pid := p.HarnessPID(sess.SandboxID)
 	require.NotZero(t, pid)
 
-	platform.WaitFor(t, "the session to go idle", func() bool { return l.Session(sess.ID, "").Status == api.SessionIdle })
+	waitfor.Within(t, platform.Deadline, "the session to go idle", func() bool { return l.Session(sess.ID, "").Status == api.SessionIdle })
 	assert.False(t, platform.Alive(pid), "the harness process is gone")
 	b, err := os.ReadFile(filepath.Join(p.Workspace(sess.SandboxID), "repo", "notes.txt"))
 	require.NoError(t, err, "the workspace is kept")
@@ -90,7 +91,7 @@ func TestKilledHarnessIsRestartedAtTheNextMessage(t *testing.T) {
 	l.Send(sess.ID, "first")
 	pid := p.HarnessPID(sess.SandboxID)
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
-	platform.WaitFor(t, "the harness to die", func() bool { return !platform.Alive(pid) })
+	waitfor.Within(t, platform.Deadline, "the harness to die", func() bool { return !platform.Alive(pid) })
 
 	p.LLM.Enqueue(fakellm.Text("still here"))
 	assert.Equal(t, "still here", l.Send(sess.ID, "are you there?").Text())

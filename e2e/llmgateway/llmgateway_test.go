@@ -30,6 +30,7 @@ import (
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/e2e/platform"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes/protocol"
 )
 
@@ -186,7 +187,7 @@ func TestUpstreamKeyStaysInLapd(t *testing.T) {
 	// Once the sandbox is destroyed, its token is worthless.
 	status, body = l.Do(http.MethodDelete, api.BasePath+"/sessions/"+sess.ID, nil, nil)
 	require.Equal(t, http.StatusNoContent, status, "%s", body)
-	platform.WaitFor(t, "the sandbox's directory to go", func() bool {
+	waitfor.Within(t, platform.Deadline, "the sandbox's directory to go", func() bool {
 		_, err := os.Stat(ws)
 		return os.IsNotExist(err)
 	})
@@ -261,7 +262,7 @@ func TestStreamReachesTheHarnessBeforeTheUpstreamEnds(t *testing.T) {
 	// The harness has hung up on the gateway; the gateway hangs up on the
 	// upstream, though it is silent, instead of holding it until
 	// LAP_LLM_TIMEOUT.
-	platform.WaitFor(t, "lapd to cancel the silent upstream call", func() bool {
+	waitfor.Within(t, platform.Deadline, "lapd to cancel the silent upstream call", func() bool {
 		return strings.Contains(l.Output(), "LLM stream client went away; upstream call cancelled")
 	})
 }
@@ -336,7 +337,7 @@ func TestOfflineWithMockModels(t *testing.T) {
 	p := platform.New(t, settings(map[string]string{"LITELLM_API_BASE": "", "LITELLM_API_KEY": ""}))
 	l := p.Start()
 	defer l.Stop()
-	platform.WaitFor(t, "lapd to say that new agents use the mock model", func() bool {
+	waitfor.Within(t, platform.Deadline, "lapd to say that new agents use the mock model", func() bool {
 		return strings.Contains(l.Output(), "no LITELLM_API_BASE: new agents default to mock/tools")
 	})
 

@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,6 +32,7 @@ import (
 
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/e2e/fakellm"
+	"lap.dev/lap/internal/waitfor"
 )
 
 // Bin is the directory holding the built lapd, lap and lap-harness (lapd
@@ -47,6 +50,12 @@ const Deadline = 2 * time.Minute
 // Main builds the binaries into a temporary Bin, runs the tests and
 // removes Bin; a package's TestMain calls os.Exit(platform.Main(m)).
 func Main(m *testing.M) int {
+	// -short (make test-short) skips every test that runs the platform
+	// (SkipInShortMode), so nothing needs building.
+	flag.Parse()
+	if testing.Short() {
+		return m.Run()
+	}
 	dir, err := os.MkdirTemp("", "lap-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -68,6 +77,18 @@ func Main(m *testing.M) int {
 	return m.Run()
 }
 
+// SkipInShortMode skips t under go test -short (make test-short): the
+// tests of this package's users start the built lapd, harness processes
+// (as users of their own when run as root) and real git repositories,
+// which takes longer than the edit loop's quick tier allows. make test
+// runs them. New and UseNodeHarnesses call it.
+func SkipInShortMode(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test of the built binaries: skipped in -short mode (make test runs it)")
+	}
+}
+
 // Lap is the path of the built lap CLI.
 func Lap() string { return filepath.Join(Bin, "lap") }
 
@@ -79,6 +100,7 @@ func Lap() string { return filepath.Join(Bin, "lap") }
 // built.
 func UseNodeHarnesses(t testing.TB) {
 	t.Helper()
+	SkipInShortMode(t)
 	root, err := repoRoot()
 	require.NoError(t, err)
 	for _, built := range []string{
@@ -141,6 +163,8 @@ type Platform struct {
 	// Env is the environment of the next Start: lapd's settings.
 	Env     map[string]string
 	current *Lapd
+
+	closeOnce sync.Once
 }
 
 // New makes a data dir and a fake LLM. By default the harnesses call the
@@ -150,6 +174,7 @@ type Platform struct {
 // through lapd's LLM gateway to the fake).
 func New(t testing.TB, settings map[string]string) *Platform {
 	t.Helper()
+	SkipInShortMode(t)
 	dir, err := os.MkdirTemp("", "lap-e2e-data-")
 	require.NoError(t, err)
 	// Harnesses running as users of their own must reach their
@@ -174,29 +199,152 @@ func New(t testing.TB, settings map[string]string) *Platform {
 		p.Env[k] = v
 	}
 	t.Cleanup(func() {
-		if p.current != nil {
-			p.current.Kill()
-		}
-		p.KillHarnesses()
+		p.Close()
 		os.RemoveAll(dir)
 	})
 	return p
 }
 
+// Close stops everything the platform started: the running lapd
+// (SIGKILL) and every harness its sandboxes run, which outlive lapd by
+// design. It then checks that no process of the platform's sandboxes is
+// left (CheckNothingRuns). The test's cleanup calls it; a test that
+// changes the ground under Dir in a cleanup of its own (say, unmounts a
+// file system that holds the sandboxes' records) must call Close first,
+// as its cleanup runs before the platform's.
+func (p *Platform) Close() {
+	p.closeOnce.Do(func() {
+		if p.current != nil {
+			p.current.Kill()
+		}
+		p.KillHarnesses()
+		p.CheckNothingRuns()
+	})
+}
+
 // DataDir is LAP_DATA_DIR.
 func (p *Platform) DataDir() string { return p.Env["LAP_DATA_DIR"] }
 
-// KillHarnesses stops what lapd left running, by the pids in the local
-// backend's records: harnesses outlive a killed lapd by design.
+// KillHarnesses stops what lapd left running, by the local backend's
+// records: each harness's process group (its pid) and, when the sandbox
+// has a user id of its own, every process of that user, as lapd's own
+// stop does. Harnesses outlive a killed lapd by design.
 func (p *Platform) KillHarnesses() {
 	recs, _ := filepath.Glob(filepath.Join(p.DataDir(), "sandboxes", "*", "sandbox.json"))
+	// A user id is killed only while the registry still gives it to a
+	// workspace of this platform: a destroyed sandbox's id may be
+	// another test's by now.
+	ours := p.sandboxUIDs()
+	var uids []int
 	for _, path := range recs {
 		var rec struct {
-			PID int `json:"pid"`
+			PID int  `json:"pid"`
+			UID *int `json:"uid"`
 		}
-		if b, err := os.ReadFile(path); err == nil && json.Unmarshal(b, &rec) == nil && rec.PID > 0 {
+		if b, err := os.ReadFile(path); err != nil || json.Unmarshal(b, &rec) != nil {
+			continue
+		}
+		if rec.PID > 0 {
 			_ = syscall.Kill(-rec.PID, syscall.SIGKILL)
 		}
+		if rec.UID != nil && *rec.UID > 0 && slices.Contains(ours, *rec.UID) {
+			uids = append(uids, *rec.UID)
+		}
+	}
+	killAll(processesOf(uids))
+}
+
+// CheckNothingRuns fails the test if a process of the platform's
+// sandboxes is still alive once KillHarnesses has run, and then kills it,
+// so that even a failing run leaves nothing behind. Its processes are
+// those of the user ids the local backend's machine-wide registry gives
+// to workspaces under Dir: an id is claimed for one workspace at a time,
+// so they are this test's and no other's. (Without a user id per sandbox,
+// when the tests do not run as root, there is no such mark and nothing
+// is checked.)
+func (p *Platform) CheckNothingRuns() {
+	p.T.Helper()
+	uids := p.sandboxUIDs()
+	if len(uids) == 0 {
+		return
+	}
+	// SIGKILL is prompt but not instant: allow the kernel a moment.
+	if waitfor.Poll(context.Background(), 10*time.Second, 0, func() bool { return len(processesOf(uids)) == 0 }) {
+		return
+	}
+	left := processesOf(uids)
+	var desc []string
+	for _, pid := range left {
+		cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		desc = append(desc, fmt.Sprintf("pid %d %q", pid, strings.ReplaceAll(strings.TrimRight(string(cmdline), "\x00"), "\x00", " ")))
+	}
+	p.T.Errorf("processes of this test's sandboxes (user ids %v) still run after lapd and its harnesses were stopped: %s", uids, strings.Join(desc, "; "))
+	killAll(left)
+}
+
+// sandboxUIDs returns the user ids that the uid registry
+// (LOCAL_SANDBOX_UID_REGISTRY) gives to workspaces under Dir.
+func (p *Platform) sandboxUIDs() []int {
+	registry := p.Env["LOCAL_SANDBOX_UID_REGISTRY"]
+	if registry == "" {
+		registry = defaultUIDRegistry
+	}
+	entries, err := os.ReadDir(registry)
+	if err != nil {
+		return nil
+	}
+	var uids []int
+	for _, e := range entries {
+		uid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink(filepath.Join(registry, e.Name())); err == nil && strings.HasPrefix(target, p.Dir+"/") {
+			uids = append(uids, uid)
+		}
+	}
+	return uids
+}
+
+// defaultUIDRegistry is config's default LOCAL_SANDBOX_UID_REGISTRY.
+const defaultUIDRegistry = "/var/lib/lap/sandbox-uids"
+
+// processesOf returns the live processes (zombies excluded) owned by one
+// of uids.
+func processesOf(uids []int) []int {
+	if len(uids) == 0 {
+		return nil
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		var st syscall.Stat_t
+		if syscall.Stat("/proc/"+e.Name(), &st) != nil || !slices.Contains(uids, int(st.Uid)) {
+			continue
+		}
+		stat, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// The state follows the command name, which ends at the last ')'.
+		if i := bytes.LastIndexByte(stat, ')'); i < 0 || i+2 >= len(stat) || stat[i+2] == 'Z' || stat[i+2] == 'X' {
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+func killAll(pids []int) {
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 
@@ -472,19 +620,6 @@ func RSS(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
-}
-
-// WaitFor polls cond every 20ms until it holds, failing the test after
-// Deadline.
-func WaitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(Deadline)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // Context returns a context that ends with the test, bounded by 5

@@ -27,6 +27,7 @@ import (
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/e2e/platform"
+	"lap.dev/lap/internal/waitfor"
 )
 
 func TestMain(m *testing.M) {
@@ -181,7 +182,7 @@ func TestQuickstart(t *testing.T) {
 	repo := platform.GitRepo(t, map[string]string{"README.md": "# demo\nhello world\n"})
 	out := lap("agents", "update", "my-sdk-agent", "--repo", repo)
 	assert.Regexp(t, `^✓ agent my-sdk-agent \([0-9a-f]{8}\) updated, generation 2\n$`, out)
-	platform.WaitFor(t, "a warm sandbox of the new generation", func() bool { return l.Warm("my-sdk-agent") == 1 })
+	waitfor.Within(t, platform.Deadline, "a warm sandbox of the new generation", func() bool { return l.Warm("my-sdk-agent") == 1 })
 
 	clitest.ChatSuite(t, clitest.Target{
 		Bin:     platform.Lap(),
@@ -221,8 +222,8 @@ func TestQuickstart(t *testing.T) {
 
 	// Idle: the harness is stopped, the workspace kept.
 	pid := p.HarnessPID(sess.SandboxID)
-	platform.WaitFor(t, "the session to go idle", func() bool { return l.Session(sess.ID, "").Status == api.SessionIdle })
-	platform.WaitFor(t, "its harness to stop", func() bool { return !platform.Alive(pid) })
+	waitfor.Within(t, platform.Deadline, "the session to go idle", func() bool { return l.Session(sess.ID, "").Status == api.SessionIdle })
+	waitfor.Within(t, platform.Deadline, "its harness to stop", func() bool { return !platform.Alive(pid) })
 	platform.AssertFile(t, filepath.Join(repoDir, "CHANGELOG.md"), changelog)
 	out = lap("sessions", "get", short)
 	assert.Contains(t, out, "status       idle\n")

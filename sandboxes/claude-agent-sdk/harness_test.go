@@ -29,6 +29,7 @@ import (
 
 	"lap.dev/lap/control/gateway/mockllm"
 	"lap.dev/lap/e2e/fakellm"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes/protocol"
 )
 
@@ -62,9 +63,14 @@ func (s *syncBuffer) String() string {
 }
 
 // built returns the path of a compiled entry point, failing with the fix
-// when the TypeScript has not been built.
+// when the TypeScript has not been built. Every test of a Node.js harness
+// starts here, so here is where they skip under -short (make
+// test-short): they run the real SDK and opencode processes, for minutes.
 func built(t testing.TB, name string) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("Node.js harness processes (the Claude Agent SDK, opencode): skipped in -short mode (make test runs them)")
+	}
 	p, err := filepath.Abs(filepath.Join("dist", name))
 	require.NoError(t, err)
 	if _, err := os.Stat(p); err != nil {
@@ -515,7 +521,7 @@ func (r *editRun) abortSlowTurn(t *testing.T, ev *events, session string) protoc
 		p := e.Properties.Part
 		return p != nil && p.Tool == "bash" && p.State != nil && p.State.Status == protocol.ToolRunning && strings.Contains(string(p.State.Input), "sleep 120")
 	})
-	require.Eventually(t, func() bool { _, err := os.Stat(slow); return err == nil }, time.Minute, 50*time.Millisecond, "the command started")
+	waitfor.Within(t, time.Minute, "the command started", func() bool { _, err := os.Stat(slow); return err == nil })
 	resp := h.request("POST", "/session/"+session+"/message", protocol.SendMessageRequest{Parts: []protocol.InputPart{{Type: "text", Text: "another"}}})
 	resp.Body.Close()
 	assert.Equal(t, 409, resp.StatusCode)

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"lap.dev/lap/e2e/fakellm"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes/harness"
 	"lap.dev/lap/sandboxes/protocol"
 )
@@ -203,7 +204,7 @@ func TestAbortKillsProcessGroup(t *testing.T) {
 		return x.Type == protocol.EventPartUpdated && x.Properties.Part.State != nil && x.Properties.Part.State.Status == protocol.ToolRunning
 	})
 	var pids []int
-	waitFor(t, 10*time.Second, "pid file", func() bool {
+	waitfor.Within(t, 10*time.Second, "pid file", func() bool {
 		b, _ := os.ReadFile(pidFile)
 		pids = nil
 		for _, f := range strings.Fields(string(b)) {
@@ -227,7 +228,7 @@ func TestAbortKillsProcessGroup(t *testing.T) {
 	require.Len(t, tools, 1)
 	assert.Equal(t, protocol.ToolError, tools[0].State.Status)
 	for _, pid := range pids {
-		waitFor(t, 10*time.Second, "process gone", func() bool { return syscall.Kill(pid, 0) == syscall.ESRCH })
+		waitfor.Within(t, 10*time.Second, "process gone", func() bool { return syscall.Kill(pid, 0) == syscall.ESRCH })
 	}
 	all := ev.waitFor(t, idle(id))
 	var sawError bool

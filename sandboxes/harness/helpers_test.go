@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"lap.dev/lap/e2e/fakellm"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes/harness"
 	"lap.dev/lap/sandboxes/protocol"
 )
@@ -71,7 +72,7 @@ func (e *env) serve() {
 	e.srv, e.url, e.stop, e.served = srv, "http://"+ln.Addr().String(), cancel, make(chan error, 1)
 	go func() { e.served <- srv.Serve(ctx, ln) }()
 	t.Cleanup(e.shutdown)
-	waitFor(t, 30*time.Second, "harness prepared", func() bool {
+	waitfor.Within(t, 30*time.Second, "harness prepared", func() bool {
 		var id protocol.Identity
 		return e.do("GET", "/", nil, &id) == 200 && (id.Ready || id.Error != "")
 	})
@@ -222,18 +223,6 @@ func (ev *events) waitFor(t *testing.T, match func(protocol.Event) bool) []proto
 func idle(id string) func(protocol.Event) bool {
 	return func(x protocol.Event) bool {
 		return x.Type == protocol.EventSessionIdle && x.Properties.SessionID == id
-	}
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

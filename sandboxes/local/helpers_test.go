@@ -237,18 +237,6 @@ func pidOf(t testing.TB, sb sandboxes.Sandbox) int {
 	return pid
 }
 
-// waitFor polls cond every 10ms until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // gone reports whether pid no longer runs (zombies count as gone).
 func gone(pid int) bool {
 	st, err := readProcStat(pid)

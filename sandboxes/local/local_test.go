@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"lap.dev/lap/e2e/fakellm"
+	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes"
 )
 
@@ -206,10 +207,10 @@ func TestResumeAfterCrashClearsLeftoversAndRestarts(t *testing.T) {
 	f.llm.Enqueue(fakellm.CallTool("bash", map[string]any{"command": "sleep 300; echo done"}), fakellm.Text("unreachable"))
 	require.Equal(t, http.StatusNoContent, c.do(http.MethodPost, "/session/"+sess+"/prompt_async",
 		map[string]any{"parts": []map[string]string{{"type": "text", "text": "sleep"}}}, nil))
-	waitFor(t, "the tool's shell and its sleep", func() bool { return len(sessionMembers(pid)) >= 2 })
+	waitfor.Cond(t, "the tool's shell and its sleep", func() bool { return len(sessionMembers(pid)) >= 2 })
 
 	require.NoError(t, kill(ctx, sb))
-	waitFor(t, "the harness to die", func() bool { return gone(pid) })
+	waitfor.Cond(t, "the harness to die", func() bool { return gone(pid) })
 	left := sessionMembers(pid)
 	require.NotEmpty(t, left, "the sleep outlives the crashed harness")
 	all, err := b.List(ctx)
@@ -679,7 +680,7 @@ func TestBackendCapsLogsOfRunningSandboxes(t *testing.T) {
 	_, err = lf.WriteString(strings.Repeat("chatty harness output\n", 2000))
 	require.NoError(t, lf.Close())
 	require.NoError(t, err)
-	waitFor(t, "the log to be capped", func() bool {
+	waitfor.Cond(t, "the log to be capped", func() bool {
 		fi, err := os.Stat(sb.Data["log"])
 		return err == nil && fi.Size() <= 4<<10
 	})

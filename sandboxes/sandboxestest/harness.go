@@ -21,9 +21,12 @@ import (
 // a model. The reply to a message depends on its text:
 //
 //	/block        run until aborted (or the caller goes away)
+//	/block <text> stream text first, then run until aborted
 //	/slow <dur>   run for a duration (e.g. /slow 50ms), then echo
 //	/fail         end with an LLM error (info.error.name "APIError")
 //	/tool         call a tool (pending → running → completed), then answer
+//	/tools        say a line, call bash (completed) and read (error), answer
+//	/markdown     answer with a markdown list
 //	/crash        die mid-turn: the connection drops, the sandbox is dead
 //	/history      describe the history the session was seeded with
 //	/env NAME     answer with the sandbox's environment variable NAME
@@ -285,6 +288,10 @@ func (h *Harness) turn(ctx context.Context, s *hsession, req protocol.SendMessag
 	}
 	switch cmd {
 	case "/block":
+		if arg != "" {
+			p := protocol.Part{ID: "prt_" + uuid.NewString()[:8], SessionID: sid, MessageID: info.ID, Type: protocol.PartText, Text: arg}
+			h.emit(protocol.EventPartUpdated, protocol.EventProperties{SessionID: sid, Part: &p, Delta: arg})
+		}
 		wait(0)
 		failure = &protocol.MessageError{Name: "Aborted", Message: "the turn was aborted"}
 	case "/slow":
@@ -311,6 +318,33 @@ func (h *Harness) turn(ctx context.Context, s *hsession, req protocol.SendMessag
 		}
 		parts = append(parts, call)
 		reply = "I see README.md and go.mod."
+	case "/tools":
+		// What a coding agent's turn looks like in a client: text, a
+		// tool that succeeds, one that fails, and the answer.
+		intro := protocol.Part{ID: "prt_" + uuid.NewString()[:8], SessionID: sid, MessageID: info.ID, Type: protocol.PartText, Text: "Let me look.\n"}
+		h.emit(protocol.EventPartUpdated, protocol.EventProperties{SessionID: sid, Part: &intro, Delta: intro.Text})
+		parts = append(parts, intro)
+		for i, c := range []struct{ tool, input, output, err string }{
+			{"bash", `{"command":"ls"}`, "README.md\n", ""},
+			{"read", `{"file_path":"missing.txt"}`, "", "no such file"},
+		} {
+			call := protocol.Part{ID: "prt_" + uuid.NewString()[:8], SessionID: sid, MessageID: info.ID, Type: protocol.PartTool, Tool: c.tool, CallID: fmt.Sprintf("call_%d", i+1)}
+			for _, st := range []string{protocol.ToolPending, protocol.ToolRunning, protocol.ToolCompleted} {
+				call.State = &protocol.ToolState{Status: st, Input: json.RawMessage(c.input)}
+				if st == protocol.ToolCompleted {
+					call.State.Output = c.output
+					if c.err != "" {
+						call.State.Status, call.State.Error = protocol.ToolError, c.err
+					}
+				}
+				p := call
+				h.emit(protocol.EventPartUpdated, protocol.EventProperties{SessionID: sid, Part: &p})
+			}
+			parts = append(parts, call)
+		}
+		reply = "There is a README.md."
+	case "/markdown":
+		reply = "Three points:\n\n- **one**\n- two\n- three\n"
 	case "/history":
 		last := ""
 		if n := len(s.history); n > 0 {

@@ -8,57 +8,25 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	"lap.dev/lap/control/gateway/llmwire"
 )
 
-// anRequest is the part of an Anthropic messages request the mock models
-// read.
-type anRequest struct {
-	Model    string `json:"model"`
-	Stream   bool   `json:"stream"`
-	Messages []struct {
-		Role    string          `json:"role"`
-		Content json.RawMessage `json:"content"`
-	} `json:"messages"`
-	Tools []struct {
-		Name        string          `json:"name"`
-		InputSchema json.RawMessage `json:"input_schema"`
-	} `json:"tools"`
-}
-
-type anBlock struct {
-	Type      string          `json:"type"`
-	Text      string          `json:"text"`
-	ID        string          `json:"id"`
-	Name      string          `json:"name"`
-	ToolUseID string          `json:"tool_use_id"`
-	Content   json.RawMessage `json:"content"`
-}
-
-// anBlocks returns an Anthropic message content as blocks: a plain string
-// is one text block.
-func anBlocks(content json.RawMessage) []anBlock {
-	var s string
-	if json.Unmarshal(content, &s) == nil {
-		return []anBlock{{Type: "text", Text: s}}
-	}
-	var blocks []anBlock
-	_ = json.Unmarshal(content, &blocks)
+// anBlocks returns an Anthropic message content as blocks (content of
+// another shape has none).
+func anBlocks(content json.RawMessage) []llmwire.Block {
+	blocks, _ := llmwire.Blocks(content)
 	return blocks
 }
 
 // anText joins the text of blocks (a tool result's content is a string or
 // text blocks).
 func anText(content json.RawMessage) string {
-	var b strings.Builder
-	for _, bl := range anBlocks(content) {
-		if bl.Type == "text" {
-			b.WriteString(bl.Text)
-		}
-	}
-	return b.String()
+	text, _ := llmwire.BlocksText(content)
+	return text
 }
 
-func (r anRequest) conversation(size int) conversation {
+func anConversation(r llmwire.MessagesRequest, size int) conversation {
 	c := conversation{model: r.Model, messages: len(r.Messages), size: size}
 	for _, t := range r.Tools {
 		c.tools = append(c.tools, tool{name: t.Name, schema: t.InputSchema})
@@ -91,8 +59,8 @@ func (r anRequest) conversation(size int) conversation {
 	return c
 }
 
-func parseAnthropic(body []byte) (anRequest, *response) {
-	var req anRequest
+func parseAnthropic(body []byte) (llmwire.MessagesRequest, *response) {
+	var req llmwire.MessagesRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		r := anthropicError(http.StatusBadRequest, "invalid_request_error",
 			"the request body is not a JSON messages request: "+err.Error())
@@ -106,7 +74,7 @@ func answerAnthropic(body []byte) response {
 	if bad != nil {
 		return *bad
 	}
-	c := req.conversation(len(body))
+	c := anConversation(req, len(body))
 	rep, err := c.reply()
 	var unknown errUnknownModel
 	if errors.As(err, &unknown) {
@@ -144,32 +112,6 @@ type anAnswer struct {
 	input, output     int64
 }
 
-type anUsage struct {
-	InputTokens              int64 `json:"input_tokens"`
-	OutputTokens             int64 `json:"output_tokens"`
-	CacheCreationInputTokens int64 `json:"cache_creation_input_tokens"`
-	CacheReadInputTokens     int64 `json:"cache_read_input_tokens"`
-}
-
-type anContent struct {
-	Type  string           `json:"type"`
-	Text  *string          `json:"text,omitempty"`
-	ID    string           `json:"id,omitempty"`
-	Name  string           `json:"name,omitempty"`
-	Input *json.RawMessage `json:"input,omitempty"`
-}
-
-type anMessage struct {
-	ID           string      `json:"id"`
-	Type         string      `json:"type"`
-	Role         string      `json:"role"`
-	Model        string      `json:"model"`
-	Content      []anContent `json:"content"`
-	StopReason   *string     `json:"stop_reason"`
-	StopSequence *string     `json:"stop_sequence"`
-	Usage        anUsage     `json:"usage"`
-}
-
 func (a anAnswer) stopReason() *string {
 	reason := "end_turn"
 	if a.reply.call != nil {
@@ -178,21 +120,20 @@ func (a anAnswer) stopReason() *string {
 	return &reason
 }
 
-func (a anAnswer) content() []anContent {
-	out := []anContent{{Type: "text", Text: &a.reply.text}}
+func (a anAnswer) content() []llmwire.ContentBlock {
+	out := []llmwire.ContentBlock{llmwire.TextBlock(a.reply.text)}
 	if call := a.reply.call; call != nil {
-		input := json.RawMessage(call.args)
-		out = append(out, anContent{Type: "tool_use", ID: a.callID, Name: call.name, Input: &input})
+		out = append(out, llmwire.ToolUseBlock(a.callID, call.name, json.RawMessage(call.args)))
 	}
 	return out
 }
 
-func (a anAnswer) message() anMessage {
-	return anMessage{
+func (a anAnswer) message() llmwire.Message {
+	return llmwire.Message{
 		ID: a.id, Type: "message", Role: "assistant", Model: a.model,
 		Content:    a.content(),
 		StopReason: a.stopReason(),
-		Usage:      anUsage{InputTokens: a.input, OutputTokens: a.output},
+		Usage:      llmwire.AnthropicUsage{InputTokens: a.input, OutputTokens: a.output},
 	}
 }
 
@@ -203,51 +144,36 @@ func (a anAnswer) message() anMessage {
 func (a anAnswer) stream() []byte {
 	var b bytes.Buffer
 	event := func(name string, v any) {
-		j, err := json.Marshal(v)
-		if err != nil {
-			panic(fmt.Sprintf("mockllm: marshal %T: %v", v, err))
+		if err := llmwire.WriteEvent(&b, name, v); err != nil {
+			panic(fmt.Sprintf("mockllm: %v", err))
 		}
-		fmt.Fprintf(&b, "event: %s\ndata: %s\n\n", name, j)
 	}
-	type obj = map[string]any
 	start := a.message()
-	start.Content = []anContent{}
+	start.Content = []llmwire.ContentBlock{}
 	start.StopReason = nil
 	start.Usage.OutputTokens = 1
-	event("message_start", obj{"type": "message_start", "message": start})
+	event("message_start", llmwire.MessageStart{Type: "message_start", Message: start})
 	for i, c := range a.content() {
 		switch c.Type {
 		case "text":
-			empty := ""
-			event("content_block_start", obj{"type": "content_block_start", "index": i,
-				"content_block": anContent{Type: "text", Text: &empty}})
+			event("content_block_start", llmwire.ContentBlockStart{Type: "content_block_start", Index: i, ContentBlock: llmwire.TextBlock("")})
 			for _, piece := range chunks(*c.Text) {
-				event("content_block_delta", obj{"type": "content_block_delta", "index": i,
-					"delta": obj{"type": "text_delta", "text": piece}})
+				event("content_block_delta", llmwire.TextDelta(i, piece))
 			}
 		case "tool_use":
-			none := json.RawMessage(`{}`)
-			event("content_block_start", obj{"type": "content_block_start", "index": i,
-				"content_block": anContent{Type: "tool_use", ID: c.ID, Name: c.Name, Input: &none}})
-			event("content_block_delta", obj{"type": "content_block_delta", "index": i,
-				"delta": obj{"type": "input_json_delta", "partial_json": string(*c.Input)}})
+			event("content_block_start", llmwire.ContentBlockStart{Type: "content_block_start", Index: i,
+				ContentBlock: llmwire.ToolUseBlock(c.ID, c.Name, json.RawMessage(`{}`))})
+			event("content_block_delta", llmwire.InputJSONDelta(i, string(*c.Input)))
 		}
-		event("content_block_stop", obj{"type": "content_block_stop", "index": i})
+		event("content_block_stop", llmwire.ContentBlockStop{Type: "content_block_stop", Index: i})
 	}
-	event("message_delta", obj{"type": "message_delta",
-		"delta": obj{"stop_reason": a.stopReason(), "stop_sequence": nil},
-		"usage": obj{"output_tokens": a.output}})
-	event("message_stop", obj{"type": "message_stop"})
+	event("message_delta", llmwire.MessageDelta{Type: "message_delta",
+		Delta: llmwire.MessageDeltaStop{StopReason: a.stopReason()},
+		Usage: llmwire.MessageDeltaUsage{OutputTokens: a.output}})
+	event("message_stop", llmwire.MessageStop{Type: "message_stop"})
 	return b.Bytes()
 }
 
 func anthropicError(status int, typ, msg string) response {
-	type detail struct {
-		Type    string `json:"type"`
-		Message string `json:"message"`
-	}
-	return jsonResponse(status, struct {
-		Type  string `json:"type"`
-		Error detail `json:"error"`
-	}{"error", detail{typ, msg}})
+	return jsonResponse(status, llmwire.NewAnthropicError(typ, msg))
 }

@@ -8,58 +8,18 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"lap.dev/lap/control/gateway/llmwire"
 )
 
-// oaRequest is the part of an OpenAI chat completions request the mock
-// models read.
-type oaRequest struct {
-	Model         string `json:"model"`
-	Stream        bool   `json:"stream"`
-	StreamOptions *struct {
-		IncludeUsage bool `json:"include_usage"`
-	} `json:"stream_options"`
-	Messages []struct {
-		Role      string          `json:"role"`
-		Content   json.RawMessage `json:"content"`
-		ToolCalls []struct {
-			ID       string `json:"id"`
-			Function struct {
-				Name string `json:"name"`
-			} `json:"function"`
-		} `json:"tool_calls"`
-		ToolCallID string `json:"tool_call_id"`
-	} `json:"messages"`
-	Tools []struct {
-		Type     string `json:"type"`
-		Function struct {
-			Name       string          `json:"name"`
-			Parameters json.RawMessage `json:"parameters"`
-		} `json:"function"`
-	} `json:"tools"`
-}
-
-// oaText returns the text of an OpenAI message content: a string or an
-// array of parts, of which the text parts count.
+// oaText is the text of an OpenAI message content (text parts only;
+// content of another shape counts as none).
 func oaText(content json.RawMessage) string {
-	var s string
-	if json.Unmarshal(content, &s) == nil {
-		return s
-	}
-	var parts []struct {
-		Type string `json:"type"`
-		Text string `json:"text"`
-	}
-	_ = json.Unmarshal(content, &parts)
-	var b bytes.Buffer
-	for _, p := range parts {
-		if p.Type == "text" {
-			b.WriteString(p.Text)
-		}
-	}
-	return b.String()
+	text, _ := llmwire.ContentText(content)
+	return text
 }
 
-func (r oaRequest) conversation(size int) conversation {
+func oaConversation(r llmwire.ChatRequest, size int) conversation {
 	c := conversation{model: r.Model, messages: len(r.Messages), size: size}
 	for _, t := range r.Tools {
 		if t.Type == "function" || t.Type == "" {
@@ -85,12 +45,12 @@ func (r oaRequest) conversation(size int) conversation {
 }
 
 func answerOpenAI(body []byte) response {
-	var req oaRequest
+	var req llmwire.ChatRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		return openAIError(http.StatusBadRequest, "invalid_request_error", "invalid_json",
 			"the request body is not a JSON chat completions request: "+err.Error())
 	}
-	c := req.conversation(len(body))
+	c := oaConversation(req, len(body))
 	rep, err := c.reply()
 	var unknown errUnknownModel
 	if errors.As(err, &unknown) {
@@ -102,12 +62,10 @@ func answerOpenAI(body []byte) response {
 		model:   req.Model,
 		created: time.Now().Unix(),
 		reply:   rep,
-		usage:   oaUsage{PromptTokens: tokens(c.size), CompletionTokens: rep.outputTokens()},
+		usage:   llmwire.NewChatUsage(tokens(c.size), rep.outputTokens()),
 	}
-	o.usage.TotalTokens = o.usage.PromptTokens + o.usage.CompletionTokens
 	if req.Stream {
-		return response{status: http.StatusOK, contentType: contentSSE,
-			body: o.stream(req.StreamOptions != nil && req.StreamOptions.IncludeUsage)}
+		return response{status: http.StatusOK, contentType: contentSSE, body: o.stream(req.IncludeUsage())}
 	}
 	return jsonResponse(http.StatusOK, o.completion())
 }
@@ -117,49 +75,7 @@ type oaAnswer struct {
 	id, callID, model string
 	created           int64
 	reply             reply
-	usage             oaUsage
-}
-
-type oaUsage struct {
-	PromptTokens     int64 `json:"prompt_tokens"`
-	CompletionTokens int64 `json:"completion_tokens"`
-	TotalTokens      int64 `json:"total_tokens"`
-}
-
-type oaFunction struct {
-	Name      string `json:"name,omitempty"`
-	Arguments string `json:"arguments"`
-}
-
-type oaToolCall struct {
-	Index    *int       `json:"index,omitempty"` // chunks only
-	ID       string     `json:"id,omitempty"`
-	Type     string     `json:"type,omitempty"`
-	Function oaFunction `json:"function"`
-}
-
-type oaMessage struct {
-	Role      string       `json:"role,omitempty"`
-	Content   *string      `json:"content,omitempty"`
-	Refusal   *string      `json:"refusal,omitempty"`
-	ToolCalls []oaToolCall `json:"tool_calls,omitempty"`
-}
-
-type oaChoice struct {
-	Index        int        `json:"index"`
-	Message      *oaMessage `json:"message,omitempty"`
-	Delta        *oaMessage `json:"delta,omitempty"`
-	Logprobs     *struct{}  `json:"logprobs"`
-	FinishReason *string    `json:"finish_reason"`
-}
-
-type oaCompletion struct {
-	ID      string     `json:"id"`
-	Object  string     `json:"object"`
-	Created int64      `json:"created"`
-	Model   string     `json:"model"`
-	Choices []oaChoice `json:"choices"`
-	Usage   *oaUsage   `json:"usage,omitempty"`
+	usage             *llmwire.ChatUsage
 }
 
 func (o oaAnswer) finishReason() *string {
@@ -170,16 +86,16 @@ func (o oaAnswer) finishReason() *string {
 	return &reason
 }
 
-func (o oaAnswer) completion() oaCompletion {
-	msg := &oaMessage{Role: "assistant", Content: &o.reply.text}
+func (o oaAnswer) completion() llmwire.ChatCompletion {
+	msg := llmwire.ChatAnswerMessage{Role: "assistant", Content: &o.reply.text}
 	if call := o.reply.call; call != nil {
-		msg.ToolCalls = []oaToolCall{{ID: o.callID, Type: "function",
-			Function: oaFunction{Name: call.name, Arguments: call.args}}}
+		msg.ToolCalls = []llmwire.ChatToolCall{{ID: o.callID, Type: "function",
+			Function: llmwire.ChatFunctionCall{Name: call.name, Arguments: call.args}}}
 	}
-	return oaCompletion{
+	return llmwire.ChatCompletion{
 		ID: o.id, Object: "chat.completion", Created: o.created, Model: o.model,
-		Choices: []oaChoice{{Message: msg, FinishReason: o.finishReason()}},
-		Usage:   &o.usage,
+		Choices: []llmwire.ChatChoice{{Message: msg, FinishReason: *o.finishReason()}},
+		Usage:   o.usage,
 	}
 }
 
@@ -188,50 +104,35 @@ func (o oaAnswer) completion() oaCompletion {
 // the usage-only chunk if asked for, and [DONE].
 func (o oaAnswer) stream(includeUsage bool) []byte {
 	var b bytes.Buffer
-	chunk := func(delta *oaMessage, finish *string) {
-		c := oaCompletion{ID: o.id, Object: "chat.completion.chunk", Created: o.created, Model: o.model,
-			Choices: []oaChoice{{Delta: delta, FinishReason: finish}}}
-		writeData(&b, c)
+	send := func(c llmwire.ChatChunk) {
+		c.ID, c.Object, c.Created, c.Model = o.id, "chat.completion.chunk", o.created, o.model
+		if err := llmwire.WriteEvent(&b, "", c); err != nil {
+			panic(fmt.Sprintf("mockllm: %v", err))
+		}
+	}
+	chunk := func(delta llmwire.ChatDelta, finish *string) {
+		send(llmwire.ChatChunk{Choices: []llmwire.ChatChunkChoice{{Delta: delta, FinishReason: finish}}})
 	}
 	empty := ""
-	chunk(&oaMessage{Role: "assistant", Content: &empty}, nil)
+	chunk(llmwire.ChatDelta{Role: "assistant", Content: &empty}, nil)
 	for _, piece := range chunks(o.reply.text) {
-		chunk(&oaMessage{Content: &piece}, nil)
+		chunk(llmwire.ChatDelta{Content: &piece}, nil)
 	}
 	if call := o.reply.call; call != nil {
 		zero := 0
-		chunk(&oaMessage{ToolCalls: []oaToolCall{{Index: &zero, ID: o.callID, Type: "function",
-			Function: oaFunction{Name: call.name}}}}, nil)
-		chunk(&oaMessage{ToolCalls: []oaToolCall{{Index: &zero,
-			Function: oaFunction{Arguments: call.args}}}}, nil)
+		chunk(llmwire.ChatDelta{ToolCalls: []llmwire.ChatToolCall{{Index: &zero, ID: o.callID, Type: "function",
+			Function: llmwire.ChatFunctionCall{Name: call.name}}}}, nil)
+		chunk(llmwire.ChatDelta{ToolCalls: []llmwire.ChatToolCall{{Index: &zero,
+			Function: llmwire.ChatFunctionCall{Arguments: call.args}}}}, nil)
 	}
-	chunk(&oaMessage{}, o.finishReason())
+	chunk(llmwire.ChatDelta{}, o.finishReason())
 	if includeUsage {
-		writeData(&b, oaCompletion{ID: o.id, Object: "chat.completion.chunk", Created: o.created, Model: o.model,
-			Choices: []oaChoice{}, Usage: &o.usage})
+		send(llmwire.ChatChunk{Choices: []llmwire.ChatChunkChoice{}, Usage: o.usage})
 	}
-	b.WriteString("data: [DONE]\n\n")
+	_ = llmwire.WriteRawEvent(&b, "", llmwire.ChatDone)
 	return b.Bytes()
 }
 
-func writeData(b *bytes.Buffer, v any) {
-	j, err := json.Marshal(v)
-	if err != nil {
-		panic(fmt.Sprintf("mockllm: marshal %T: %v", v, err))
-	}
-	b.WriteString("data: ")
-	b.Write(j)
-	b.WriteString("\n\n")
-}
-
 func openAIError(status int, typ, code, msg string) response {
-	type detail struct {
-		Message string  `json:"message"`
-		Type    string  `json:"type"`
-		Param   *string `json:"param"`
-		Code    string  `json:"code"`
-	}
-	return jsonResponse(status, struct {
-		Error detail `json:"error"`
-	}{detail{Message: msg, Type: typ, Code: code}})
+	return jsonResponse(status, llmwire.NewChatError(typ, code, msg))
 }
