@@ -77,20 +77,26 @@ func (c *Client) WaitReady(ctx context.Context, t Target, p Poll) error {
 		defer cancel()
 	}
 	delay := p.Interval
+	var last error
 	// Since Go 1.23 a stopped or reset timer delivers no stale tick.
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
 	for {
 		actx, cancel := context.WithTimeout(wait, attemptTimeout)
-		last := c.Ready(actx, t)
+		err := c.Ready(actx, t)
 		cancel()
-		if last == nil {
+		if err == nil {
 			return nil
 		}
-		if p.Check != nil {
-			if err := p.Check(wait, last); err != nil {
-				return err
+		// An attempt the end of the wait cut short says nothing about
+		// the harness: report the one before it.
+		if last == nil || wait.Err() == nil {
+			last = err
+			if p.Check != nil {
+				if err := p.Check(wait, last); err != nil {
+					return err
+				}
 			}
 		}
 		timer.Reset(delay)

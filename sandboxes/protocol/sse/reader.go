@@ -149,6 +149,18 @@ func (r *Reader) NextFrame() ([]byte, error) {
 			return nil, err
 		}
 		if len(line) == 0 {
+			if r.skipLF {
+				// A CR ended the frame with nothing after it yet. Unlike
+				// Next, wait for the byte after it: an LF completes the
+				// CRLF, so the frame ends as the upstream wrote it and a
+				// relay never sends a client half a line end (a CR-only
+				// stream is then a frame behind, which no server sends).
+				r.skipLF = false
+				if r.fill(1) && r.buf[r.r] == '\n' {
+					r.frame = append(r.frame, '\n')
+					r.r++
+				}
+			}
 			return r.frame, nil
 		}
 		if r.max > 0 && len(r.frame) > r.max {
