@@ -538,3 +538,33 @@ func TestWaitReady(t *testing.T) {
 		}
 	})
 }
+
+// countingTransport counts the requests it carries.
+type countingTransport struct{ n atomic.Int32 }
+
+func (c *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	return http.DefaultTransport.RoundTrip(req)
+}
+
+// A Client made with NewWithClient sends everything through that client.
+func TestNewWithClient(t *testing.T) {
+	t.Parallel()
+	tgt := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/session" && r.Method == http.MethodGet {
+			io.WriteString(w, `[]`)
+			return
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		io.WriteString(w, answer)
+	})
+	var ct countingTransport
+	c := NewWithClient(&http.Client{Transport: &ct})
+	require.NoError(t, c.WaitReady(context.Background(), tgt, Poll{Timeout: 10 * time.Second}))
+	_, err := c.SendMessage(context.Background(), tgt, hi)
+	require.NoError(t, err)
+	tgt.Endpoint.Proxied = true
+	_, err = c.SendMessage(context.Background(), tgt, hi)
+	require.NoError(t, err)
+	assert.EqualValues(t, 3, ct.n.Load())
+}
