@@ -141,7 +141,8 @@ func request(ctx context.Context, t Target, method, path string, in any) (*http.
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, t.Endpoint.URL+path, body)
+	// A base URL given with a trailing slash (an ingress URL) still works.
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(t.Endpoint.URL, "/")+path, body)
 	if err != nil {
 		return nil, err
 	}
