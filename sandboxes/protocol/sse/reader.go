@@ -131,8 +131,8 @@ func (r *Reader) Next() (Event, error) {
 }
 
 // NextFrame returns the next frame of the stream: its exact bytes up to and
-// including the blank line that ends it, or up to the end of the stream for
-// a last frame without one. A frame may hold only comments. Concatenated,
+// including the blank line that ends it, or up to the end of the stream (or
+// a read error, returned at the next call) for a last frame without one. A frame may hold only comments. Concatenated,
 // the frames are the stream byte for byte (a leading byte order mark
 // included), which is what a relay needs; ParseFrame reads one. The bytes
 // are valid until the next call. At the end of the stream it returns
@@ -143,8 +143,8 @@ func (r *Reader) NextFrame() ([]byte, error) {
 		line, raw, err := r.readLine()
 		r.frame = append(r.frame, raw...)
 		if err != nil {
-			if errors.Is(err, io.EOF) && len(r.frame) > 0 {
-				return r.frame, nil
+			if len(r.frame) > 0 && !errors.Is(err, ErrTooLarge) {
+				return r.frame, nil // the error comes again at the next call
 			}
 			return nil, err
 		}

@@ -180,6 +180,23 @@ func TestReaderDoesNotWaitAfterCR(t *testing.T) {
 	}
 }
 
+// A frame cut by a read error is returned as far as it came (a relay
+// passes on what the upstream sent), and the error at the next call.
+func TestReaderNextFrameReadError(t *testing.T) {
+	t.Parallel()
+	broken := errors.New("connection reset")
+	r := NewReader(io.MultiReader(strings.NewReader("data: a\n\ndata: b"), iotest.ErrReader(broken)))
+	for _, want := range []string{"data: a\n\n", "data: b"} {
+		f, err := r.NextFrame()
+		if err != nil || string(f) != want {
+			t.Fatalf("NextFrame() = %q, %v; want %q", f, err, want)
+		}
+	}
+	if _, err := r.NextFrame(); !errors.Is(err, broken) {
+		t.Errorf("NextFrame() error = %v, want %v", err, broken)
+	}
+}
+
 func TestReaderLastEventID(t *testing.T) {
 	t.Parallel()
 	r := NewReader(strings.NewReader("id: 1\ndata: a\n\nid: 2\n\n"))
