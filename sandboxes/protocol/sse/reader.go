@@ -132,11 +132,12 @@ func (r *Reader) Next() (Event, error) {
 
 // NextFrame returns the next frame of the stream: its exact bytes up to and
 // including the blank line that ends it, or up to the end of the stream (or
-// a read error, returned at the next call) for a last frame without one. A frame may hold only comments. Concatenated,
-// the frames are the stream byte for byte (a leading byte order mark
-// included), which is what a relay needs; ParseFrame reads one. The bytes
-// are valid until the next call. At the end of the stream it returns
-// io.EOF, or the error that ended reading.
+// a read error, returned at the next call) for a last frame without one.
+// A frame may hold only comments. Concatenated, the frames are the stream
+// byte for byte (a leading byte order mark included), which is what a
+// relay needs; ParseFrame reads one. The bytes are valid until the next
+// call. At the end of the stream it returns io.EOF, or the error that
+// ended reading.
 func (r *Reader) NextFrame() ([]byte, error) {
 	r.frame = r.frame[:0]
 	for {
@@ -187,8 +188,12 @@ func (r *Reader) readLine() (line, raw []byte, err error) {
 		}
 	}
 	if r.skipLF {
+		// Everything read was consumed, so filling may move the buffer:
+		// the line starts where the reader is after it.
 		r.skipLF = false
-		if r.fill(1) && r.buf[r.r] == '\n' {
+		r.fill(1)
+		start = r.r
+		if r.r < r.w && r.buf[r.r] == '\n' {
 			r.r++
 		}
 	}

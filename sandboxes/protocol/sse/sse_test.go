@@ -197,6 +197,44 @@ func TestReaderNextFrameReadError(t *testing.T) {
 	}
 }
 
+// Lines that end exactly at the end of the reader's buffer, whatever their
+// line end, and a CRLF split by it, read as any other.
+func TestReaderBufferEdges(t *testing.T) {
+	t.Parallel()
+	for n := initialBuffer - 12; n < initialBuffer+4; n++ {
+		for _, end := range []string{"\n", "\r", "\r\n"} {
+			x := strings.Repeat("x", n)
+			in := "data: " + x + end + end + "data: b" + end + end
+			for how, chunk := range chunkings {
+				r := NewReader(chunk(in))
+				var got []string
+				for {
+					e, err := r.Next()
+					if err != nil {
+						break
+					}
+					got = append(got, string(e.Data))
+				}
+				if len(got) != 2 || got[0] != x || got[1] != "b" {
+					t.Errorf("n=%d end=%q %s: read %d events", n, end, how, len(got))
+				}
+				r = NewReader(chunk(in))
+				var frames []string
+				for {
+					f, err := r.NextFrame()
+					if err != nil {
+						break
+					}
+					frames = append(frames, string(f))
+				}
+				if strings.Join(frames, "") != in || len(frames) != 2 {
+					t.Errorf("n=%d end=%q %s: %d frames do not make the stream", n, end, how, len(frames))
+				}
+			}
+		}
+	}
+}
+
 func TestReaderLastEventID(t *testing.T) {
 	t.Parallel()
 	r := NewReader(strings.NewReader("id: 1\ndata: a\n\nid: 2\n\n"))
@@ -451,4 +489,69 @@ func BenchmarkReaderNext(b *testing.B) {
 			}
 		}
 	}
+}
+
+// readAll returns every event (as type, data and id) and the final error.
+func readAll(r *Reader) ([]ev, error) {
+	var got []ev
+	for {
+		e, err := r.Next()
+		if err != nil {
+			return got, err
+		}
+		got = append(got, ev{e.Type, string(e.Data), e.ID})
+	}
+}
+
+// However a stream is cut into reads, it reads as the same events, and its
+// frames make it byte for byte.
+func FuzzReader(f *testing.F) {
+	for _, s := range []string{
+		"data: a\n\n", "event: x\r\ndata: 1\r\n\r\n", "data: a\rdata: b\r\r", ": c\n\nid: 1\ndata\n\n",
+		"\xEF\xBB\xBFretry: 10\ndata: x\n\n", "data: a\r\n\rdata: b\n\r\n", "data: cut",
+	} {
+		f.Add(s, 3)
+	}
+	f.Fuzz(func(t *testing.T, in string, size int) {
+		size = 1 + abs(size)%64
+		want, wantErr := readAll(NewReader(strings.NewReader(in)))
+		got, err := readAll(NewReader(&chunked{s: in, n: size}))
+		if diff := cmp.Diff(want, got); diff != "" || !errors.Is(err, wantErr) {
+			t.Errorf("in reads of %d: (-whole +chunked)\n%s\nend %v, %v", size, diff, wantErr, err)
+		}
+		r := NewReader(&chunked{s: in, n: size})
+		var frames []string
+		for {
+			f, err := r.NextFrame()
+			if err != nil {
+				break
+			}
+			frames = append(frames, string(f))
+		}
+		if strings.Join(frames, "") != in {
+			t.Errorf("frames %q do not make %q", frames, in)
+		}
+	})
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
+}
+
+// chunked reads s at most n bytes at a time.
+type chunked struct {
+	s string
+	n int
+}
+
+func (c *chunked) Read(p []byte) (int, error) {
+	if c.s == "" {
+		return 0, io.EOF
+	}
+	k := copy(p[:min(len(p), c.n)], c.s)
+	c.s = c.s[k:]
+	return k, nil
 }
