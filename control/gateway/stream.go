@@ -84,7 +84,7 @@ func relayEvents(w *bufio.Writer, r io.Reader, keep func(ev []byte) bool, keepAl
 				return err
 			}
 		case <-timer.C:
-			if sw.Comment("keep-alive") != nil { // keepAliveComment
+			if sw.Comment("keep-alive") != nil { // writes keepAliveComment
 				return errClientGone
 			}
 		}
