@@ -21,6 +21,7 @@ import (
 
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/sandboxes/protocol"
+	"lap.dev/lap/sandboxes/protocol/sse"
 )
 
 // Step is one piece of a scripted assistant turn: a chunk of text (sent as
@@ -624,29 +625,23 @@ func (f *Server) deleteSession(w http.ResponseWriter, r *http.Request) {
 
 // sseWriter writes server-sent events: `event: <name>` and `data: <json>`.
 type sseWriter struct {
-	w  http.ResponseWriter
-	fl http.Flusher
+	w *sse.Writer
 }
 
 func startSSE(w http.ResponseWriter) *sseWriter {
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
-	fl, _ := w.(http.Flusher)
-	sw := &sseWriter{w: w, fl: fl}
+	sw := &sseWriter{w: sse.NewWriter(w)}
 	sw.comment("ping")
 	return sw
 }
 
-func (sw *sseWriter) comment(c string) {
-	fmt.Fprintf(sw.w, ": %s\n\n", c)
-	sw.fl.Flush()
-}
+func (sw *sseWriter) comment(c string) { _ = sw.w.Comment(c) }
 
 func (sw *sseWriter) send(name string, v any) {
 	b, _ := json.Marshal(v)
-	fmt.Fprintf(sw.w, "event: %s\ndata: %s\n\n", name, b)
-	sw.fl.Flush()
+	_ = sw.w.Event(sse.Event{Type: name, Data: b})
 }
 
 func (f *Server) events(w http.ResponseWriter, r *http.Request) {
