@@ -3,8 +3,9 @@ package control
 import (
 	"bufio"
 	"encoding/json"
-	"fmt"
 	"sync"
+
+	"lap.dev/lap/sandboxes/protocol/sse"
 )
 
 // sseEvent is one server-sent event, its data already encoded once for
@@ -26,9 +27,14 @@ func newEvent(name string, v any) sseEvent {
 
 // writeSSE writes ev in the text/event-stream format and flushes it, so a
 // gone client shows up as an error here: fasthttp does not cancel a
-// request when its client disconnects.
+// request when its client disconnects. The event is encoded into w's
+// free buffer, so writing it allocates nothing.
 func writeSSE(w *bufio.Writer, ev sseEvent) error {
-	if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", ev.name, ev.data); err != nil {
+	b, err := sse.AppendEvent(w.AvailableBuffer(), sse.Event{Type: ev.name, Data: ev.data})
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(b); err != nil {
 		return err
 	}
 	return w.Flush()
@@ -36,7 +42,7 @@ func writeSSE(w *bufio.Writer, ev sseEvent) error {
 
 // writePing writes a keep-alive comment and flushes it.
 func writePing(w *bufio.Writer) error {
-	if _, err := w.WriteString(": ping\n\n"); err != nil {
+	if _, err := w.Write(sse.AppendComment(w.AvailableBuffer(), "ping")); err != nil {
 		return err
 	}
 	return w.Flush()

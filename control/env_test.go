@@ -1,7 +1,6 @@
 package control
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,6 +20,7 @@ import (
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/control/sandboxtoken"
 	"lap.dev/lap/control/secrets"
+	"lap.dev/lap/sandboxes/protocol/sse"
 	"lap.dev/lap/sandboxes/sandboxestest"
 	"lap.dev/lap/store"
 )
@@ -214,10 +213,10 @@ func (e *env) session(id string) api.Session {
 	return sess
 }
 
-// sse is a client of one server-sent event stream.
-type sse struct {
+// sseConn is a client of one server-sent event stream.
+type sseConn struct {
 	resp *http.Response
-	sc   *bufio.Scanner
+	r    *sse.Reader
 }
 
 type sseMsg struct {
@@ -225,7 +224,7 @@ type sseMsg struct {
 	data []byte
 }
 
-func (e *env) openSSE(method, path string, body any) *sse {
+func (e *env) openSSE(method, path string, body any) *sseConn {
 	e.t.Helper()
 	var rd io.Reader
 	if body != nil {
@@ -242,32 +241,20 @@ func (e *env) openSSE(method, path string, body any) *sse {
 	require.NoError(e.t, err)
 	require.Equal(e.t, http.StatusOK, resp.StatusCode)
 	require.Equal(e.t, "text/event-stream", resp.Header.Get("Content-Type"))
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
-	return &sse{resp: resp, sc: sc}
+	return &sseConn{resp: resp, r: sse.NewReader(resp.Body)}
 }
 
-// next returns the next named event (skipping keep-alives); ok is false at
-// the end of the stream.
-func (s *sse) next() (sseMsg, bool) {
-	var m sseMsg
-	for s.sc.Scan() {
-		line := s.sc.Text()
-		switch {
-		case line == "":
-			if m.name != "" {
-				return m, true
-			}
-		case strings.HasPrefix(line, "event: "):
-			m.name = strings.TrimPrefix(line, "event: ")
-		case strings.HasPrefix(line, "data: "):
-			m.data = []byte(strings.TrimPrefix(line, "data: "))
-		}
+// next returns the next event (keep-alives are comments, which the reader
+// skips); ok is false at the end of the stream.
+func (s *sseConn) next() (sseMsg, bool) {
+	ev, err := s.r.Next()
+	if err != nil {
+		return sseMsg{}, false
 	}
-	return m, false
+	return sseMsg{name: ev.Type, data: bytes.Clone(ev.Data)}, true
 }
 
-func (s *sse) close() { s.resp.Body.Close() }
+func (s *sseConn) close() { s.resp.Body.Close() }
 
 // pingGroup is a route group that authenticates its own callers, like the
 // LLM gateway.

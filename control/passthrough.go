@@ -49,7 +49,7 @@ func (s *Server) passThrough(c *fiber.Ctx) error {
 	if tgt.token != "" {
 		req.Header.Set("Authorization", "Bearer "+tgt.token)
 	}
-	resp, err := s.o.harness.hc.Do(req)
+	resp, err := s.o.harness.Do(req)
 	if err != nil {
 		cancel()
 		return harnessFailure("session %s: harness unreachable: %v", sess.ID, err)

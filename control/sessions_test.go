@@ -464,8 +464,9 @@ func TestDiagnoseAndPassThrough(t *testing.T) {
 
 	ev := e.openSSE(http.MethodGet, "/sessions/"+sess.ID+"/opencode/event", nil)
 	defer ev.close()
-	require.True(t, ev.sc.Scan())
-	assert.Contains(t, ev.sc.Text(), "server.connected", "the harness's event stream is relayed as it streams")
+	first, ok := ev.next()
+	require.True(t, ok)
+	assert.Contains(t, string(first.data), "server.connected", "the harness's event stream is relayed as it streams")
 }
 
 func TestMetrics(t *testing.T) {

@@ -5,7 +5,6 @@ package main_test
 // bare git repository served by file://.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -30,6 +29,7 @@ import (
 	"lap.dev/lap/control/gateway/mockllm"
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/sandboxes/protocol"
+	"lap.dev/lap/sandboxes/protocol/sse"
 )
 
 // binary is the lap-harness built for this test run.
@@ -243,12 +243,14 @@ func (p *harnessProc) subscribe() *eventLog {
 	log := &eventLog{more: make(chan struct{}, 1)}
 	go func() {
 		defer res.Body.Close()
-		sc := bufio.NewScanner(res.Body)
-		sc.Buffer(nil, 16<<20)
-		for sc.Scan() {
-			data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		r := sse.NewReader(res.Body)
+		for {
+			m, err := r.Next()
+			if err != nil {
+				return
+			}
 			var ev protocol.Event
-			if !ok || json.Unmarshal([]byte(data), &ev) != nil {
+			if json.Unmarshal(m.Data, &ev) != nil {
 				continue
 			}
 			log.mu.Lock()

@@ -10,6 +10,8 @@ import (
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/tidwall/gjson"
+
+	"lap.dev/lap/sandboxes/protocol/sse"
 )
 
 // errClientGone reports that the client stopped reading the stream.
@@ -20,9 +22,10 @@ var errClientGone = errors.New("client went away")
 const keepAliveComment = ": keep-alive\n\n"
 
 // relayEvents copies server-sent events from r to w one event at a time,
-// flushing after each so the client sees it at once; keep decides which
-// to forward. It returns errClientGone if writing to the client fails, or
-// the error that ended reading r (nil at a clean EOF).
+// byte for byte as the upstream sent them, flushing after each so the
+// client sees it at once; keep decides which to forward. It returns
+// errClientGone if writing to the client fails, or the error that ended
+// reading r (nil at a clean EOF).
 //
 // Writing is the only way to learn that a client has gone (fasthttp does
 // not report a closed connection), so with keepAlive > 0 a comment is
@@ -31,14 +34,12 @@ const keepAliveComment = ": keep-alive\n\n"
 // upstream call that would otherwise run on for nobody until
 // LAP_LLM_TIMEOUT — holding a connection, and lapd's shutdown, with it.
 func relayEvents(w *bufio.Writer, r io.Reader, keep func(ev []byte) bool, keepAlive time.Duration) error {
+	sw := sse.NewWriter(w)
 	forward := func(ev []byte) error {
 		if !keep(ev) {
 			return nil
 		}
-		if _, err := w.Write(ev); err != nil {
-			return errClientGone
-		}
-		if err := w.Flush(); err != nil {
+		if sw.Raw(ev) != nil {
 			return errClientGone
 		}
 		return nil
@@ -83,10 +84,7 @@ func relayEvents(w *bufio.Writer, r io.Reader, keep func(ev []byte) bool, keepAl
 				return err
 			}
 		case <-timer.C:
-			if _, err := w.WriteString(keepAliveComment); err != nil {
-				return errClientGone
-			}
-			if err := w.Flush(); err != nil {
+			if sw.Comment("keep-alive") != nil { // writes keepAliveComment
 				return errClientGone
 			}
 		}
@@ -94,68 +92,40 @@ func relayEvents(w *bufio.Writer, r io.Reader, keep func(ev []byte) bool, keepAl
 	}
 }
 
-// splitEvents reads server-sent events from r and calls emit with each,
-// its bytes valid only during the call; a last event without its blank
-// line is emitted at the end. It returns emit's first error, or the error
-// that ended reading r (nil at a clean EOF).
+// splitEvents reads server-sent events from r and calls emit with each
+// one's exact bytes (see sse.Reader.NextFrame), valid only during the
+// call; a last event without its blank line is emitted at the end. It
+// returns emit's first error, or the error that ended reading r (nil at a
+// clean EOF). Events are not bounded in size: the upstream is trusted.
 func splitEvents(r io.Reader, emit func(ev []byte) error) error {
-	br := bufio.NewReaderSize(r, 32<<10)
-	var ev []byte
+	sr := sse.NewReader(r)
+	sr.SetMaxEventSize(0)
 	for {
-		line, err := br.ReadSlice('\n')
-		ev = append(ev, line...)
-		if errors.Is(err, bufio.ErrBufferFull) {
-			continue // a long line: keep reading it
+		ev, err := sr.NextFrame()
+		if errors.Is(err, io.EOF) {
+			return nil
 		}
 		if err != nil {
-			if len(ev) > 0 {
-				if werr := emit(ev); werr != nil {
-					return werr
-				}
-			}
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
 			return err
 		}
-		if isBlank(line) {
-			if err := emit(ev); err != nil {
-				return err
-			}
-			ev = ev[:0]
+		if err := emit(ev); err != nil {
+			return err
 		}
 	}
 }
 
-func isBlank(line []byte) bool {
-	return len(line) == 1 || (len(line) == 2 && line[0] == '\r')
-}
-
-// eventFields returns an event's name (its "event:" line) and its data
-// (the "data:" lines, joined by newlines as the SSE spec says).
+// eventFields returns an event's name (its "event:" line, "" if none) and
+// its data (the "data:" lines, joined by newlines as the SSE spec says);
+// both empty for an event without data, such as a comment.
 func eventFields(ev []byte) (name string, data []byte) {
-	multi := false
-	for len(ev) > 0 {
-		var line []byte
-		line, ev, _ = bytes.Cut(ev, []byte("\n"))
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		switch {
-		case bytes.HasPrefix(line, []byte("data:")):
-			v := bytes.TrimPrefix(bytes.TrimPrefix(line, []byte("data:")), []byte(" "))
-			if data != nil {
-				if !multi {
-					data = append([]byte(nil), data...)
-					multi = true
-				}
-				data = append(append(data, '\n'), v...)
-			} else {
-				data = v
-			}
-		case bytes.HasPrefix(line, []byte("event:")):
-			name = string(bytes.TrimSpace(line[len("event:"):]))
-		}
+	e, ok := sse.ParseFrame(ev)
+	if !ok {
+		return "", nil
 	}
-	return name, data
+	if e.Type == "message" { // the spec's name for an unnamed event
+		e.Type = ""
+	}
+	return e.Type, e.Data
 }
 
 // openAIStream reads usage from the chunk that carries it (the last one,

@@ -33,6 +33,7 @@ import (
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/internal/waitfor"
+	"lap.dev/lap/sandboxes/protocol/sse"
 )
 
 // Bin is the directory holding the built lapd, lap and lap-harness (lapd
@@ -648,7 +649,7 @@ type Event struct {
 // Stream reads the server-sent events of one response.
 type Stream struct {
 	resp *http.Response
-	sc   *bufio.Scanner
+	r    *sse.Reader
 }
 
 // StreamMessage starts POST /sessions/:id/message_stream with text. A
@@ -667,33 +668,18 @@ func (l *Lapd) StreamMessage(ctx context.Context, id, text string) (*Stream, err
 		resp.Body.Close()
 		return nil, fmt.Errorf("message_stream: %s: %s", resp.Status, b)
 	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	return &Stream{resp: resp, sc: sc}, nil
+	return &Stream{resp: resp, r: sse.NewReader(resp.Body)}, nil
 }
 
 // Next returns the next event; keep-alive comments are skipped. The
-// error is io.EOF when the stream ended cleanly, else what broke it.
+// error is io.EOF when the stream ended cleanly between events, else what
+// broke it (io.ErrUnexpectedEOF for a stream cut within an event).
 func (s *Stream) Next() (Event, error) {
-	var ev Event
-	for s.sc.Scan() {
-		line := s.sc.Text()
-		switch {
-		case line == "":
-			if ev.Name != "" || ev.Data != nil {
-				return ev, nil
-			}
-		case strings.HasPrefix(line, ":"):
-		case strings.HasPrefix(line, "event:"):
-			ev.Name = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
-		case strings.HasPrefix(line, "data:"):
-			ev.Data = append(ev.Data, strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " ")...)
-		}
+	ev, err := s.r.Next()
+	if err != nil {
+		return Event{}, err
 	}
-	if err := s.sc.Err(); err != nil {
-		return ev, err
-	}
-	return ev, io.EOF
+	return Event{Name: ev.Type, Data: bytes.Clone(ev.Data)}, nil
 }
 
 // Close ends the stream.

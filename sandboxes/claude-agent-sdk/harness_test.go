@@ -6,7 +6,6 @@
 package claudeagentsdk_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -31,6 +30,7 @@ import (
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes/protocol"
+	"lap.dev/lap/sandboxes/protocol/sse"
 )
 
 const token = "harness-secret"
@@ -231,15 +231,14 @@ func (h *harness) subscribe() *events {
 	e := &events{changed: make(chan struct{})}
 	go func() {
 		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 1<<20), 16<<20)
-		for sc.Scan() {
-			data, ok := strings.CutPrefix(sc.Text(), "data: ")
-			if !ok {
-				continue
+		r := sse.NewReader(resp.Body)
+		for {
+			m, err := r.Next()
+			if err != nil {
+				return
 			}
 			var ev protocol.Event
-			if json.Unmarshal([]byte(data), &ev) != nil {
+			if json.Unmarshal(m.Data, &ev) != nil {
 				continue
 			}
 			e.mu.Lock()

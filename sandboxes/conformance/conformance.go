@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"lap.dev/lap/sandboxes"
+	"lap.dev/lap/sandboxes/harnessclient"
 	"lap.dev/lap/sandboxes/protocol"
 )
 
@@ -151,9 +152,8 @@ func (s *suite) call(ctx context.Context, sb sandboxes.Sandbox, token, method, p
 
 func (s *suite) requireReady(t *testing.T, ctx context.Context, sb sandboxes.Sandbox, token string) {
 	t.Helper()
-	status, body, err := s.call(ctx, sb, token, http.MethodGet, "/session", nil)
-	require.NoError(t, err, "GET /session")
-	require.Equal(t, 2, status/100, "GET /session = %d %s, want 2xx", status, body)
+	err := harnessclient.NewWithClient(s.opts.Client).Ready(ctx, harnessclient.Target{Endpoint: sb.Endpoint, Token: token})
+	require.NoError(t, err, "the harness is ready (GET /session answers 2xx)")
 }
 
 func (s *suite) listed(t *testing.T, ctx context.Context, id string) (sandboxes.Sandbox, bool) {

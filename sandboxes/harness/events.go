@@ -2,12 +2,12 @@ package harness
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"sync"
 	"time"
 
 	"lap.dev/lap/sandboxes/protocol"
+	"lap.dev/lap/sandboxes/protocol/sse"
 )
 
 // subscriberBuffer is how many events a slow GET /event client may lag
@@ -85,22 +85,19 @@ func (s *Server) emit(typ string, props protocol.EventProperties) {
 func (s *Server) serveEvents(w http.ResponseWriter, r *http.Request) {
 	sub, unsubscribe := s.bus.subscribe()
 	defer unsubscribe()
-	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.Header().Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 
+	sw := sse.NewWriter(w)
 	write := func(ev protocol.Event) bool {
 		b, err := json.Marshal(ev)
 		if err != nil {
 			s.log.Error("marshal event", "type", ev.Type, "err", err)
 			return true
 		}
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
-			return false
-		}
-		return rc.Flush() == nil
+		return sw.Event(sse.Event{Data: b}) == nil
 	}
 	if !write(protocol.Event{Type: protocol.EventServerConnected}) {
 		return

@@ -1,7 +1,6 @@
 package harness_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -22,6 +21,7 @@ import (
 	"lap.dev/lap/internal/waitfor"
 	"lap.dev/lap/sandboxes/harness"
 	"lap.dev/lap/sandboxes/protocol"
+	"lap.dev/lap/sandboxes/protocol/sse"
 )
 
 const testToken = "test-harness-token"
@@ -174,15 +174,14 @@ func (e *env) subscribe() *events {
 	ev := &events{more: make(chan struct{}, 1)}
 	go func() {
 		defer res.Body.Close()
-		sc := bufio.NewScanner(res.Body)
-		sc.Buffer(nil, 16<<20)
-		for sc.Scan() {
-			data, ok := strings.CutPrefix(sc.Text(), "data: ")
-			if !ok {
-				continue
+		r := sse.NewReader(res.Body)
+		for {
+			m, err := r.Next()
+			if err != nil {
+				return
 			}
 			var x protocol.Event
-			if json.Unmarshal([]byte(data), &x) != nil {
+			if json.Unmarshal(m.Data, &x) != nil {
 				continue
 			}
 			ev.mu.Lock()

@@ -2,13 +2,13 @@ package local
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"strings"
 	"time"
 
 	"lap.dev/lap/sandboxes"
+	"lap.dev/lap/sandboxes/harnessclient"
 )
 
 // External is the backend of LOCAL_SANDBOX_URL: one harness started by
@@ -20,7 +20,7 @@ import (
 type External struct {
 	url     string
 	timeout time.Duration
-	client  *http.Client
+	client  *harnessclient.Client
 }
 
 var _ sandboxes.Backend = (*External)(nil)
@@ -31,7 +31,7 @@ func NewExternal(url string, readyTimeout time.Duration) *External {
 	return &External{
 		url:     strings.TrimRight(url, "/"),
 		timeout: readyTimeout,
-		client:  &http.Client{Timeout: 10 * time.Second},
+		client:  harnessclient.New(),
 	}
 }
 
@@ -90,44 +90,16 @@ func (e *External) sandbox(id, agentID string, generation int64, running bool) s
 	}
 }
 
-// waitReady polls GET /session until it answers 2xx.
+// waitReady polls GET /session until it answers 2xx. It sends no token:
+// an external harness for local development runs without one
+// (HARNESS_AUTH_TOKEN empty).
 func (e *External) waitReady(ctx context.Context) error {
-	wait, cancel := context.WithTimeout(ctx, e.timeout)
-	defer cancel()
-	delay := 10 * time.Millisecond
-	for {
-		last := e.probe(wait)
-		if last == "" {
-			return nil
-		}
-		select {
-		case <-wait.Done():
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			return fmt.Errorf("%w: the harness at %s (LOCAL_SANDBOX_URL) does not answer GET /session: %s", sandboxes.ErrNotReady, e.url, last)
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, 500*time.Millisecond)
+	err := e.client.WaitReady(ctx, harnessclient.Target{Endpoint: sandboxes.Endpoint{URL: e.url}}, harnessclient.Poll{
+		Timeout:  e.timeout,
+		Interval: 10 * time.Millisecond, MaxInterval: 500 * time.Millisecond, Factor: 2,
+	})
+	if errors.Is(err, sandboxes.ErrNotReady) {
+		return fmt.Errorf("the harness at %s (LOCAL_SANDBOX_URL): %w", e.url, err)
 	}
-}
-
-// probe returns "" if GET /session answers 2xx, else what went wrong. It
-// sends no token: an external harness for local development runs without
-// one (HARNESS_AUTH_TOKEN empty).
-func (e *External) probe(ctx context.Context) string {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.url+"/session", nil)
-	if err != nil {
-		return err.Error()
-	}
-	resp, err := e.client.Do(req)
-	if err != nil {
-		return err.Error()
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-	if resp.StatusCode/100 == 2 {
-		return ""
-	}
-	return fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(body)))
+	return err
 }

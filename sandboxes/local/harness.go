@@ -5,10 +5,8 @@ package local
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -22,7 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"lap.dev/lap/sandboxes"
-	"lap.dev/lap/sandboxes/protocol"
+	"lap.dev/lap/sandboxes/harnessclient"
 )
 
 // startReady starts the harness for rec in dir and waits until it is
@@ -167,58 +165,50 @@ var errPortTaken = errors.New("harness port taken")
 // that its workspace failed (GET / with an error), or LOCAL_READY_TIMEOUT
 // passes; with ctx's error when ctx ends first.
 func (b *Backend) waitReady(ctx context.Context, p *process, rec record) error {
-	wait, cancel := context.WithTimeout(ctx, b.cfg.ReadyTimeout)
-	defer cancel()
-	url := endpointURL(rec.Port)
-	token := rec.Env["HARNESS_AUTH_TOKEN"]
-	delay := 2 * time.Millisecond
-	last := "no answer yet"
-	for {
-		if !p.alive() {
-			tail, _ := logTail(b.sandboxDir(rec.ID), 4096)
-			if strings.Contains(tail, "address already in use") {
-				return errPortTaken
-			}
-			return fmt.Errorf("%w: the harness exited (%s) before it was ready", sandboxes.ErrNotReady, p.status)
-		}
-		status, body, err := b.get(wait, url+"/session", token)
-		switch {
-		case err != nil:
-			last = err.Error()
-		case status/100 == 2:
+	t := target(rec)
+	gone := func() error {
+		if p.alive() {
 			return nil
-		case status == http.StatusServiceUnavailable:
-			if reason := b.workspaceError(wait, url); reason != "" {
-				return fmt.Errorf("%w: the harness could not prepare its workspace: %s", sandboxes.ErrNotReady, reason)
-			}
-			last = fmt.Sprintf("GET /session = %d %.512s", status, body)
-		default:
-			last = fmt.Sprintf("GET /session = %d %.512s", status, body)
 		}
-		select {
-		case <-wait.Done():
-			if err := ctx.Err(); err != nil {
+		tail, _ := logTail(b.sandboxDir(rec.ID), 4096)
+		if strings.Contains(tail, "address already in use") {
+			return errPortTaken
+		}
+		return fmt.Errorf("%w: the harness exited (%s) before it was ready", sandboxes.ErrNotReady, p.status)
+	}
+	if err := gone(); err != nil {
+		return err
+	}
+	return b.harnesses.WaitReady(ctx, t, harnessclient.Poll{
+		Timeout: b.cfg.ReadyTimeout,
+		// Polls are cheap (a refused loopback connection), so keep them
+		// frequent: the pause is added to every cold start.
+		Interval: 2 * time.Millisecond, MaxInterval: 20 * time.Millisecond, Factor: 1.5,
+		Wake: p.exited,
+		Check: func(ctx context.Context, attempt error) error {
+			if err := gone(); err != nil {
 				return err
 			}
-			return fmt.Errorf("%w: no answer to GET /session within %s (last: %s)", sandboxes.ErrNotReady, b.cfg.ReadyTimeout, last)
-		case <-p.exited:
-		case <-time.After(delay):
-		}
-		// Polls are cheap (a refused loopback connection), so keep
-		// them frequent: the delay is added to every cold start.
-		delay = min(delay*3/2, 20*time.Millisecond)
-	}
+			if harnessclient.IsStatus(attempt, http.StatusServiceUnavailable) {
+				if reason := b.workspaceError(ctx, t); reason != "" {
+					return fmt.Errorf("%w: the harness could not prepare its workspace: %s", sandboxes.ErrNotReady, reason)
+				}
+			}
+			return nil
+		},
+	})
+}
+
+// target is how lapd reaches rec's harness.
+func target(rec record) harnessclient.Target {
+	return harnessclient.Target{Endpoint: sandboxes.Endpoint{URL: endpointURL(rec.Port)}, Token: rec.Env["HARNESS_AUTH_TOKEN"]}
 }
 
 // workspaceError returns the error a harness reports at GET / for a
 // workspace it could not prepare (a failed clone), or "".
-func (b *Backend) workspaceError(ctx context.Context, url string) string {
-	status, body, err := b.get(ctx, url+"/", "")
-	if err != nil || status != http.StatusOK {
-		return ""
-	}
-	var id protocol.Identity
-	if json.Unmarshal([]byte(body), &id) != nil {
+func (b *Backend) workspaceError(ctx context.Context, t harnessclient.Target) string {
+	id, err := b.harnesses.Identity(ctx, t)
+	if err != nil {
 		return ""
 	}
 	return id.Error
@@ -228,26 +218,7 @@ func (b *Backend) workspaceError(ctx context.Context, url string) string {
 func (b *Backend) healthy(ctx context.Context, rec record) bool {
 	ctx, cancel := context.WithTimeout(ctx, healthTimeout)
 	defer cancel()
-	status, _, err := b.get(ctx, endpointURL(rec.Port)+"/session", rec.Env["HARNESS_AUTH_TOKEN"])
-	return err == nil && status/100 == 2
-}
-
-// get makes one GET and returns the status and up to 64 KiB of body.
-func (b *Backend) get(ctx context.Context, url, token string) (int, string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return 0, "", err
-	}
-	if token != "" {
-		req.Header.Set("Authorization", protocol.Bearer(token))
-	}
-	resp, err := b.client.Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	return resp.StatusCode, strings.TrimSpace(string(body)), nil
+	return b.harnesses.Ready(ctx, target(rec)) == nil
 }
 
 // stopHarness stops rec's harness if one runs (SIGTERM to its process

@@ -25,8 +25,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -37,6 +35,7 @@ import (
 
 	"lap.dev/lap/config"
 	"lap.dev/lap/sandboxes"
+	"lap.dev/lap/sandboxes/harnessclient"
 )
 
 // Options configure a Backend.
@@ -67,8 +66,9 @@ type Backend struct {
 	log        *slog.Logger
 	lookup     func(string) (sandboxes.Harness, bool)
 	users      *users
-	client     *http.Client
-	boot       string
+	// harnesses asks the harnesses whether they are ready.
+	harnesses *harnessclient.Client
+	boot      string
 
 	mu sync.Mutex
 	// sbs serialises the lifecycle calls on each sandbox and remembers
@@ -161,12 +161,7 @@ func New(opts Options) (*Backend, error) {
 		sbs:          map[string]*sandboxState{},
 		provisioning: map[string]string{},
 		ports:        map[int]string{},
-		client: &http.Client{Transport: &http.Transport{
-			Proxy:               nil, // harnesses are on loopback
-			DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
-			MaxIdleConnsPerHost: 2,
-			IdleConnTimeout:     30 * time.Second,
-		}},
+		harnesses:    harnessclient.New(),
 	}
 	switch users.mode {
 	case perSandbox:

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"lap.dev/lap/sandboxes"
+	"lap.dev/lap/sandboxes/harnessclient"
 )
 
 // Options tune a Backend.
@@ -165,32 +166,15 @@ func (b *Backend) stopLocked(bx *box) {
 	}
 }
 
-// waitReady polls GET /session until it answers 2xx, as a real backend's
-// readiness check does.
+// readiness asks the test harnesses whether they are ready.
+var readiness = harnessclient.New()
+
+// waitReady polls GET /session until it answers 2xx, with the readiness
+// check of the real backends; ErrNotReady after about as long as 50
+// attempts took before.
 func waitReady(ctx context.Context, url, token string) error {
-	for attempt := 0; ; attempt++ {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/session", nil)
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode/100 == 2 {
-				return nil
-			}
-			err = fmt.Errorf("GET /session: %s", resp.Status)
-		}
-		if attempt == 50 {
-			return fmt.Errorf("%w: %v", sandboxes.ErrNotReady, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Duration(attempt+1) * time.Millisecond):
-		}
-	}
+	return readiness.WaitReady(ctx, harnessclient.Target{Endpoint: sandboxes.Endpoint{URL: url}, Token: token},
+		harnessclient.Poll{Timeout: 1300 * time.Millisecond, Interval: time.Millisecond, MaxInterval: 50 * time.Millisecond, Factor: 1.5})
 }
 
 func (b *Backend) record(bx *box) sandboxes.Sandbox {

@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 
 	"lap.dev/lap/sandboxes/protocol"
+	"lap.dev/lap/sandboxes/protocol/sse"
 )
 
 // Harness is a scripted harness server: it speaks the harness protocol
@@ -403,8 +404,7 @@ func (h *Harness) emit(typ string, props protocol.EventProperties) {
 }
 
 func (h *Harness) events(w http.ResponseWriter, r *http.Request) {
-	flusher, ok := w.(http.Flusher)
-	if !ok {
+	if _, ok := w.(http.Flusher); !ok {
 		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
 		return
 	}
@@ -420,13 +420,10 @@ func (h *Harness) events(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
+	sw := sse.NewWriter(w)
 	send := func(ev protocol.Event) bool {
 		b, _ := json.Marshal(ev)
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
-			return false
-		}
-		flusher.Flush()
-		return true
+		return sw.Event(sse.Event{Data: b}) == nil
 	}
 	if !send(protocol.Event{Type: protocol.EventServerConnected}) {
 		return

@@ -1,7 +1,6 @@
 package sandboxestest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -16,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"lap.dev/lap/sandboxes"
+	"lap.dev/lap/sandboxes/harnessclient"
 	"lap.dev/lap/sandboxes/protocol"
 )
 
@@ -67,34 +67,15 @@ func (c client) send(sid, text string) (int, protocol.Message) {
 // server.connected.
 func (c client) subscribe(ctx context.Context) <-chan protocol.Event {
 	c.t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url+"/event", nil)
-	require.NoError(c.t, err)
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(c.t, err)
+	es, err := harnessclient.New().Events(ctx, harnessclient.Target{Endpoint: sandboxes.Endpoint{URL: c.url}, Token: c.token})
+	require.NoError(c.t, err, "the first event says the subscriber is attached")
 	ch := make(chan protocol.Event, 100)
-	sc := bufio.NewScanner(resp.Body)
-	read := func() (protocol.Event, bool) {
-		for sc.Scan() {
-			data, ok := strings.CutPrefix(sc.Text(), "data: ")
-			if !ok {
-				continue
-			}
-			var ev protocol.Event
-			require.NoError(c.t, json.Unmarshal([]byte(data), &ev))
-			return ev, true
-		}
-		return protocol.Event{}, false
-	}
-	first, ok := read()
-	require.True(c.t, ok)
-	require.Equal(c.t, protocol.EventServerConnected, first.Type, "the first event says the subscriber is attached")
 	go func() {
-		defer resp.Body.Close()
+		defer es.Close()
 		defer close(ch)
 		for {
-			ev, ok := read()
-			if !ok {
+			ev, err := es.Next()
+			if err != nil {
 				return
 			}
 			ch <- ev
