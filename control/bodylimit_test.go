@@ -225,4 +225,3 @@ func TestUnreadSmallBodyKeepsTheConnection(t *testing.T) {
 	}
 	assert.Equal(t, []bool{false, true}, reused, "the second request reuses the connection")
 }
-

@@ -22,7 +22,6 @@ const (
 // constants, so the map stays small.
 type logLimiter struct {
 	mu    sync.Mutex
-	now   func() time.Time
 	kinds map[string]*logCount
 }
 
@@ -38,9 +37,6 @@ func (l *logLimiter) allow(msg string) (bool, int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := time.Now()
-	if l.now != nil {
-		now = l.now()
-	}
 	if l.kinds == nil {
 		l.kinds = map[string]*logCount{}
 	}
