@@ -115,7 +115,7 @@ func sizeGroup(prefix string, limit int, block <-chan struct{}, arrived *atomic.
 	}}
 }
 
-// post sends body to path (chunked when chunked is set, as a reader of
+// postBody sends body to path (chunked when chunked is set, as a reader of
 // unknown length), with the master key.
 func (e *env) postBody(t *testing.T, path string, body []byte, chunked bool, headers ...string) (int, string) {
 	t.Helper()
