@@ -39,8 +39,8 @@ type RouteGroup struct {
 	// OwnAuth exempts the group from the master-key check: it
 	// authenticates its own callers (the gateway takes sandbox tokens).
 	OwnAuth bool
-	// BodyLimit raises the server's request body limit for this group's
-	// sake (LLM requests can exceed the API's 1 MiB); 0 keeps it.
+	// BodyLimit is the group's request body limit (LLM requests can
+	// exceed the API's 1 MiB); 0 keeps the API's.
 	BodyLimit int
 	// Register adds the group's routes to r (a router rooted at Prefix).
 	Register func(r fiber.Router)
