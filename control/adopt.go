@@ -24,8 +24,8 @@ import (
 //   - a sandbox the backend runs that no live record claims (its record
 //     is destroyed or failed, or lapd died before recording it) is
 //     destroyed.
-func (s *Server) adoptSandboxes(ctx context.Context) error {
-	found, err := s.backend.List(ctx)
+func (o *orchestrator) adoptSandboxes(ctx context.Context) error {
+	found, err := o.backend.List(ctx)
 	if err != nil {
 		return err
 	}
@@ -33,7 +33,7 @@ func (s *Server) adoptSandboxes(ctx context.Context) error {
 	for _, bsb := range found {
 		seen[bsb.ID] = bsb
 	}
-	live, err := s.store.ListSandboxes(ctx, store.SandboxFilter{
+	live, err := o.store.ListSandboxes(ctx, store.SandboxFilter{
 		States: []string{store.SandboxWarm, store.SandboxClaimed, store.SandboxSuspended}})
 	if err != nil {
 		return err
@@ -44,8 +44,8 @@ func (s *Server) adoptSandboxes(ctx context.Context) error {
 		delete(seen, sb.ID)
 		switch {
 		case sb.State == store.SandboxWarm && (!ok || !bsb.Running):
-			s.markSandbox(ctx, sb.ID, store.SandboxDestroyed, "found dead when lapd started")
-			s.retireSandbox(sb, "warm sandbox found dead at start-up")
+			o.markSandbox(ctx, sb.ID, store.SandboxDestroyed, "found dead when lapd started")
+			o.retireSandbox(sb, "warm sandbox found dead at start-up")
 			continue
 		case !ok:
 			prev, err := backendRecord(sb)
@@ -64,7 +64,7 @@ func (s *Server) adoptSandboxes(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if _, err := s.store.UpdateSandbox(ctx, sb.ID, func(x *store.Sandbox) error {
+		if _, err := o.store.UpdateSandbox(ctx, sb.ID, func(x *store.Sandbox) error {
 			x.Backend = raw
 			return nil
 		}); err != nil {
@@ -72,18 +72,18 @@ func (s *Server) adoptSandboxes(ctx context.Context) error {
 		}
 	}
 	for id, bsb := range seen {
-		if rec, err := s.store.GetSandbox(ctx, id); err == nil && rec.State == store.SandboxProvisioning {
+		if rec, err := o.store.GetSandbox(ctx, id); err == nil && rec.State == store.SandboxProvisioning {
 			continue // recoverState retires half-provisioned ones
 		}
-		s.log.Warn("destroying a sandbox no live record claims", "sandbox", id, "agent", bsb.AgentID)
-		s.goBackground(func(ctx context.Context) {
-			if err := s.backend.Destroy(ctx, bsb); err != nil {
-				s.log.Warn("destroy unclaimed sandbox", "sandbox", id, "err", err)
+		o.log.Warn("destroying a sandbox no live record claims", "sandbox", id, "agent", bsb.AgentID)
+		o.goBackground(func(ctx context.Context) {
+			if err := o.backend.Destroy(ctx, bsb); err != nil {
+				o.log.Warn("destroy unclaimed sandbox", "sandbox", id, "err", err)
 			}
 		})
 	}
 	if adopted+dead > 0 {
-		s.log.Info("sandboxes adopted after start", "running", adopted, "to_resume", dead)
+		o.log.Info("sandboxes adopted after start", "running", adopted, "to_resume", dead)
 	}
 	return nil
 }

@@ -1,13 +1,7 @@
 package control
 
 import (
-	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"maps"
 	"net/http"
-	"slices"
 	"strconv"
 
 	"github.com/gofiber/fiber/v2"
@@ -56,88 +50,11 @@ func (s *Server) createAgent(c *fiber.Ctx) error {
 		WarmPoolSize: req.WarmPoolSize,
 		MaxBudgetUSD: req.MaxBudgetUSD,
 	}
-	if err := s.sealEnv(&a, req.EnvVars); err != nil {
-		return err
-	}
-	a, err := s.store.CreateAgent(ctx, a)
-	if errors.Is(err, store.ErrConflict) {
-		return conflict("agent %q already exists", req.Name)
-	}
+	a, err := s.o.addAgent(ctx, a, req.EnvVars)
 	if err != nil {
 		return err
 	}
-	if err := s.ensureAgent(ctx, a); err != nil {
-		// Without its backend resources the agent cannot run; do not
-		// leave a record that looks usable.
-		if derr := s.store.DeleteAgent(context.WithoutCancel(ctx), a.ID); derr != nil {
-			s.log.Error("remove agent after failed create", "agent", a.ID, "err", derr)
-		}
-		return fmt.Errorf("create agent %s on the %s backend: %w", a.Name, s.backend.Name(), err)
-	}
-	s.pool.use(a.ID) // its first session should find a warm sandbox
-	s.log.Info("agent created", "agent", a.ID, "name", a.Name, "harness", a.HarnessID, "model", a.Model)
 	return c.Status(http.StatusCreated).JSON(apiAgent(a))
-}
-
-// sealEnv stores env's names in the clear and its values encrypted.
-func (s *Server) sealEnv(a *store.Agent, env map[string]string) error {
-	if len(env) == 0 {
-		a.EnvNames, a.SealedEnv = nil, nil
-		return nil
-	}
-	plain, err := json.Marshal(env)
-	if err != nil {
-		return err
-	}
-	a.EnvNames = slices.Sorted(maps.Keys(env))
-	a.SealedEnv = s.secrets.Seal(plain, a.ID)
-	return nil
-}
-
-// openEnv decrypts the agent's env_vars.
-func (s *Server) openEnv(a store.Agent) (map[string]string, error) {
-	env := map[string]string{}
-	if len(a.SealedEnv) == 0 {
-		return env, nil
-	}
-	plain, err := s.secrets.Open(a.SealedEnv, a.ID)
-	if err != nil {
-		return nil, fmt.Errorf("env_vars of agent %s: %w (was ENCRYPTION_KEY or %s changed?)", a.Name, err, "encryption.key")
-	}
-	if err := json.Unmarshal(plain, &env); err != nil {
-		return nil, fmt.Errorf("env_vars of agent %s: %w", a.Name, err)
-	}
-	return env, nil
-}
-
-// agentSpec is what a backend learns about an agent (ARCHITECTURE §5).
-func (s *Server) agentSpec(a store.Agent) (sandboxes.AgentSpec, error) {
-	env, err := s.openEnv(a)
-	if err != nil {
-		return sandboxes.AgentSpec{}, err
-	}
-	return sandboxes.AgentSpec{
-		ID:         a.ID,
-		Name:       a.Name,
-		HarnessID:  a.HarnessID,
-		Generation: a.Generation,
-		Env: map[string]string{
-			"REPO_URL":         a.RepoURL,
-			"BRANCH":           a.Branch,
-			"AGENT_PROMPT":     a.Prompt,
-			"LAP_MODEL":        a.Model,
-			"LITELLM_API_BASE": s.cfg.SandboxGatewayURL,
-		},
-		Secrets: env,
-	}, nil
-}
-
-func (s *Server) ensureAgent(ctx context.Context, a store.Agent) error {
-	spec, err := s.agentSpec(a)
-	if err != nil {
-		return err
-	}
-	return s.backend.EnsureAgent(ctx, spec)
 }
 
 func apiAgent(a store.Agent) api.Agent {
@@ -161,18 +78,6 @@ func apiAgent(a store.Agent) api.Agent {
 		CreatedAt:    a.CreatedAt,
 		UpdatedAt:    a.UpdatedAt,
 	}
-}
-
-// resolveAgent finds the agent a path names by id, name or short id.
-func (s *Server) resolveAgent(ctx context.Context, ref string) (store.Agent, error) {
-	a, err := s.store.ResolveAgent(ctx, ref)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return a, notFound("agent %s not found", ref)
-	case errors.Is(err, store.ErrConflict):
-		return a, ambiguous(err, ref, "agent")
-	}
-	return a, err
 }
 
 // pageParams reads ?limit and ?cursor.
@@ -205,7 +110,7 @@ func (s *Server) listAgents(c *fiber.Ctx) error {
 }
 
 func (s *Server) getAgent(c *fiber.Ctx) error {
-	a, err := s.resolveAgent(c.UserContext(), c.Params("id"))
+	a, err := s.o.resolveAgent(c.UserContext(), c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -214,7 +119,7 @@ func (s *Server) getAgent(c *fiber.Ctx) error {
 
 func (s *Server) updateAgent(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	a, err := s.resolveAgent(ctx, c.Params("id"))
+	a, err := s.o.resolveAgent(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -256,90 +161,21 @@ func (s *Server) updateAgent(c *fiber.Ctx) error {
 	if err := p.err(); err != nil {
 		return err
 	}
-	specChanged := next.HarnessID != a.HarnessID || next.Model != a.Model || next.Prompt != a.Prompt ||
-		next.RepoURL != a.RepoURL || next.Branch != a.Branch
-	if req.EnvVars != nil {
-		old, err := s.openEnv(a)
-		if err != nil {
-			return err
-		}
-		if !maps.Equal(old, *req.EnvVars) {
-			specChanged = true
-			if err := s.sealEnv(&next, *req.EnvVars); err != nil {
-				return err
-			}
-		}
-	}
-	updated, err := s.store.UpdateAgent(ctx, a.ID, func(cur *store.Agent) error {
-		gen := cur.Generation
-		if specChanged {
-			gen++
-		}
-		usage := cur.Usage // the gateway may have added usage meanwhile
-		*cur = next
-		cur.Generation, cur.Usage = gen, usage
-		return nil
-	})
+	updated, err := s.o.changeAgent(ctx, a, next, req.EnvVars)
 	if err != nil {
 		return err
 	}
-	if specChanged {
-		// New sandboxes get the new spec; running sessions keep theirs.
-		if err := s.ensureAgent(ctx, updated); err != nil {
-			return fmt.Errorf("update agent %s on the %s backend: %w", a.Name, s.backend.Name(), err)
-		}
-	}
-	s.pool.use(a.ID) // replaces warm sandboxes of the old generation, resizes the pool
 	return c.JSON(apiAgent(updated))
 }
 
 func (s *Server) deleteAgent(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	a, err := s.resolveAgent(ctx, c.Params("id"))
+	a, err := s.o.resolveAgent(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
-	// End every session (aborting turns, destroying sandboxes) first, so
-	// nothing of the agent keeps running once it is gone.
-	cursor := ""
-	for {
-		page, next, err := s.store.ListSessions(ctx, store.SessionFilter{AgentID: a.ID, Page: store.Page{Limit: store.MaxLimit, Cursor: cursor}})
-		if err != nil {
-			return err
-		}
-		for _, sess := range page {
-			if sess.Status != api.SessionDead {
-				if err := s.endSession(ctx, sess.ID); err != nil {
-					return err
-				}
-			}
-		}
-		if next == "" {
-			break
-		}
-		cursor = next
-	}
-	live, err := s.store.ListSandboxes(ctx, store.SandboxFilter{AgentID: a.ID,
-		States: []string{store.SandboxProvisioning, store.SandboxWarm, store.SandboxClaimed, store.SandboxSuspended}})
-	if err != nil {
+	if err := s.o.removeAgent(ctx, a); err != nil {
 		return err
 	}
-	for _, sb := range live {
-		if err := s.destroySandbox(ctx, sb); err != nil {
-			return err
-		}
-	}
-	spec, err := s.agentSpec(a)
-	if err != nil {
-		return err
-	}
-	if err := s.backend.DeleteAgent(ctx, spec); err != nil {
-		return fmt.Errorf("delete agent %s on the %s backend: %w", a.Name, s.backend.Name(), err)
-	}
-	if err := s.store.DeleteAgent(ctx, a.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return err
-	}
-	s.pool.forget(a.ID)
-	s.log.Info("agent deleted", "agent", a.ID, "name", a.Name)
 	return c.SendStatus(http.StatusNoContent)
 }

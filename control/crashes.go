@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"lap.dev/lap/control/api"
 	"lap.dev/lap/sandboxes"
 	"lap.dev/lap/store"
 )
@@ -58,25 +57,19 @@ func (c *crashLog) forget(id string) {
 // dead. On the crashLimit-th crash within crashWindow it marks the session
 // failed, with the harness's output tail as the reason, and returns the
 // error the turn ends with; otherwise nil, and the caller restarts it.
-func (s *Server) noteCrash(ctx context.Context, sess store.Session, bsb sandboxes.Sandbox) error {
-	n := s.crashes.add(sess.ID, time.Now())
-	s.log.Warn("harness crashed", "session", sess.ID, "sandbox", bsb.ID, "crashes_in_window", n)
+func (o *orchestrator) noteCrash(ctx context.Context, sess store.Session, bsb sandboxes.Sandbox) error {
+	n := o.crashes.add(sess.ID, time.Now())
+	o.log.Warn("harness crashed", "session", sess.ID, "sandbox", bsb.ID, "crashes_in_window", n)
 	if n < crashLimit {
 		return nil
 	}
-	s.crashes.forget(sess.ID)
-	tail, err := s.backend.Logs(ctx, bsb, crashTail)
+	o.crashes.forget(sess.ID)
+	tail, err := o.backend.Logs(ctx, bsb, crashTail)
 	if err != nil {
 		tail = "(its output could not be read: " + err.Error() + ")"
 	}
 	reason := fmt.Sprintf("the harness crashed %d times within %s; its last output:\n%s", n, crashWindow, strings.TrimSpace(tail))
-	if _, err := s.updateSession(context.WithoutCancel(ctx), sess.ID, func(cur *store.Session) error {
-		if cur.Status == api.SessionDead {
-			return errSessionEnded
-		}
-		cur.Status, cur.Phase, cur.FailureReason = api.SessionFailed, "", reason
-		return nil
-	}); err != nil {
+	if _, _, err := o.mark(context.WithoutCancel(ctx), sess.ID, failed(reason)); err != nil {
 		return err
 	}
 	return harnessFailure("session %s failed: %s", sess.ID, reason)

@@ -91,7 +91,7 @@ func startEnv(t testing.TB, dir string, opts envOptions) *env {
 	require.NoError(t, err)
 	srv.pingInterval = 50 * time.Millisecond
 	if opts.warmTick > 0 {
-		srv.pool.tick = opts.warmTick
+		srv.o.pool.tick = opts.warmTick
 	}
 	require.NoError(t, srv.Start(context.Background()))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

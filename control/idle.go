@@ -3,7 +3,6 @@ package control
 import (
 	"context"
 	"errors"
-	"net/http"
 	"time"
 
 	"lap.dev/lap/control/api"
@@ -22,8 +21,8 @@ func idleTick(timeout time.Duration) time.Duration {
 }
 
 // reapIdle runs the reaper until ctx ends.
-func (s *Server) reapIdle(ctx context.Context) {
-	t := time.NewTicker(idleTick(s.cfg.SessionIdleTimeout))
+func (o *orchestrator) reapIdle(ctx context.Context) {
+	t := time.NewTicker(idleTick(o.cfg.SessionIdleTimeout))
 	defer t.Stop()
 	for {
 		select {
@@ -31,17 +30,17 @@ func (s *Server) reapIdle(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		s.suspendIdle(ctx, time.Now())
+		o.suspendIdle(ctx, time.Now())
 	}
 }
 
 // suspendIdle suspends every ready session idle longer than its timeout
 // at now, a few at a time.
-func (s *Server) suspendIdle(ctx context.Context, now time.Time) {
-	ids, err := s.store.SessionIDsByStatus(ctx, api.SessionReady)
+func (o *orchestrator) suspendIdle(ctx context.Context, now time.Time) {
+	ids, err := o.store.SessionIDsByStatus(ctx, api.SessionReady)
 	if err != nil {
 		if ctx.Err() == nil {
-			s.log.Warn("idle reaper: list ready sessions", "err", err)
+			o.log.Warn("idle reaper: list ready sessions", "err", err)
 		}
 		return
 	}
@@ -49,16 +48,16 @@ func (s *Server) suspendIdle(ctx context.Context, now time.Time) {
 	done := make(chan struct{})
 	n := 0
 	for _, id := range ids {
-		sess, err := s.store.GetSession(ctx, id)
+		sess, err := o.store.GetSession(ctx, id)
 		if err != nil || sess.Status != api.SessionReady || sess.IdleTimeoutMS <= 0 {
 			continue
 		}
 		if now.Sub(sess.LastActiveAt) < time.Duration(sess.IdleTimeoutMS)*time.Millisecond {
 			continue
 		}
-		s.mu.Lock()
-		_, busy := s.active[id]
-		s.mu.Unlock()
+		o.mu.Lock()
+		_, busy := o.active[id]
+		o.mu.Unlock()
 		if busy {
 			continue
 		}
@@ -66,24 +65,18 @@ func (s *Server) suspendIdle(ctx context.Context, now time.Time) {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; done <- struct{}{} }()
-			err := s.suspendIfIdleSince(ctx, id, now.Add(-time.Duration(sess.IdleTimeoutMS)*time.Millisecond))
+			err := o.suspendIfIdleSince(ctx, id, now.Add(-time.Duration(sess.IdleTimeoutMS)*time.Millisecond))
 			switch {
 			case err == nil:
-				s.log.Info("idle session suspended", "session", id, "idle_for", now.Sub(sess.LastActiveAt).Round(time.Second))
-			case errors.Is(err, errSessionEnded), isStatusError(err, http.StatusConflict), isStatusError(err, http.StatusServiceUnavailable), ctx.Err() != nil:
+				o.log.Info("idle session suspended", "session", id, "idle_for", now.Sub(sess.LastActiveAt).Round(time.Second))
+			case errors.Is(err, errEnded), errors.Is(err, errBusy), errors.Is(err, errUnavailable), ctx.Err() != nil:
 				// Ended, a turn started meanwhile, or lapd is stopping.
 			default:
-				s.log.Warn("idle reaper: suspend session", "session", id, "err", err)
+				o.log.Warn("idle reaper: suspend session", "session", id, "err", err)
 			}
 		}()
 	}
 	for range n {
 		<-done
 	}
-}
-
-// isStatusError reports whether err is an API error with status.
-func isStatusError(err error, status int) bool {
-	var ae *apiError
-	return errors.As(err, &ae) && ae.status == status
 }

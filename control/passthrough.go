@@ -7,12 +7,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"time"
 
 	"github.com/gofiber/fiber/v2"
-
-	"lap.dev/lap/control/api"
-	"lap.dev/lap/store"
 )
 
 // passHeaders are the request headers passed on to the harness; the
@@ -25,43 +21,14 @@ var passHeaders = []string{fiber.HeaderContentType, fiber.HeaderAccept, "Last-Ev
 // streams (so GET /event works too).
 func (s *Server) passThrough(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
-	switch sess.Status {
-	case api.SessionDead:
-		return conflict("session %s has ended", sess.ID)
-	case api.SessionFailed:
-		return conflict("session %s failed: %s", sess.ID, sess.FailureReason)
-	case api.SessionCreating:
-		if sess, err = s.waitReady(ctx, sess.ID); err != nil {
-			return err
-		}
+	tgt, err := s.o.passTarget(ctx, sess)
+	if err != nil {
+		return err
 	}
-	var tgt target
-	if sess.Status == api.SessionIdle {
-		release, err := s.reserve(sess.ID, nil)
-		if err != nil {
-			return err
-		}
-		tgt, sess, err = s.ensureRunning(ctx, sess, false, 0)
-		release()
-		if err != nil {
-			return err
-		}
-	} else {
-		sb, err := s.store.GetSandbox(ctx, sess.SandboxID)
-		if err != nil {
-			return err
-		}
-		bsb, err := backendRecord(sb)
-		if err != nil {
-			return err
-		}
-		tgt = targetOf(sb, bsb, sess.HarnessSessionID)
-	}
-	s.touch(ctx, sess.ID)
 
 	path := "/" + c.Params("*")
 	if q := string(c.Request().URI().QueryString()); q != "" {
@@ -82,11 +49,18 @@ func (s *Server) passThrough(c *fiber.Ctx) error {
 	if tgt.token != "" {
 		req.Header.Set("Authorization", "Bearer "+tgt.token)
 	}
-	resp, err := s.harness.hc.Do(req)
+	resp, err := s.o.harness.hc.Do(req)
 	if err != nil {
 		cancel()
 		return harnessFailure("session %s: harness unreachable: %v", sess.ID, err)
 	}
+	return relay(c, resp, cancel, sess.ID)
+}
+
+// relay answers c with the harness's response resp: a plain answer in
+// one piece, an event stream as it comes, until the client leaves.
+// cancel ends the harness request once the relay is done.
+func relay(c *fiber.Ctx, resp *http.Response, cancel context.CancelFunc, sessionID string) error {
 	c.Status(resp.StatusCode)
 	for _, h := range []string{fiber.HeaderContentType, fiber.HeaderCacheControl} {
 		if v := resp.Header.Get(h); v != "" {
@@ -98,7 +72,7 @@ func (s *Server) passThrough(c *fiber.Ctx) error {
 		defer resp.Body.Close()
 		body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 		if err != nil {
-			return harnessFailure("session %s: reading the harness answer: %v", sess.ID, err)
+			return harnessFailure("session %s: reading the harness answer: %v", sessionID, err)
 		}
 		return c.Send(body)
 	}
@@ -123,14 +97,4 @@ func (s *Server) passThrough(c *fiber.Ctx) error {
 		}
 	})
 	return nil
-}
-
-// touch records activity on a session, so the idle reaper leaves it be.
-func (s *Server) touch(ctx context.Context, id string) {
-	if _, err := s.store.UpdateSession(ctx, id, func(cur *store.Session) error {
-		cur.LastActiveAt = time.Now().UTC()
-		return nil
-	}); err != nil {
-		s.log.Warn("record session activity", "session", id, "err", err)
-	}
 }

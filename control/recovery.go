@@ -15,8 +15,8 @@ import (
 // user can read, half-provisioned sandboxes are destroyed, sessions that
 // were being created are provisioned again, and sandboxes claimed for
 // sessions that never got stored are released.
-func (s *Server) recoverState(ctx context.Context) error {
-	failed, err := s.store.FailOpenMessages(ctx, store.MessageError{
+func (o *orchestrator) recoverState(ctx context.Context) error {
+	failed, err := o.store.FailOpenMessages(ctx, store.MessageError{
 		Name:    "Interrupted",
 		Message: "lapd stopped while this turn was running; send the message again",
 	})
@@ -24,61 +24,71 @@ func (s *Server) recoverState(ctx context.Context) error {
 		return err
 	}
 	if len(failed) > 0 {
-		s.log.Warn("turns interrupted by the last stop marked failed", "count", len(failed))
+		o.log.Warn("turns interrupted by the last stop marked failed", "count", len(failed))
 	}
-	s.mu.Lock()
+	o.mu.Lock()
 	for _, m := range failed {
-		s.interrupted[m.SessionID] = true
+		o.interrupted[m.SessionID] = true
 	}
-	s.mu.Unlock()
-	if err := s.adoptSandboxes(ctx); err != nil {
+	o.mu.Unlock()
+	if err := o.adoptSandboxes(ctx); err != nil {
 		// Not fatal: every session still recovers at its next message.
-		s.log.Warn("adopt the backend's sandboxes", "backend", s.backend.Name(), "err", err)
+		o.log.Warn("adopt the backend's sandboxes", "backend", o.backend.Name(), "err", err)
 	}
 	if len(failed) > 0 {
-		s.goBackground(func(ctx context.Context) { s.abortInterrupted(ctx, failed) })
+		o.goBackground(func(ctx context.Context) { o.abortInterrupted(ctx, failed) })
 	}
 
-	stuck, err := s.store.ListSandboxes(ctx, store.SandboxFilter{States: []string{store.SandboxProvisioning}})
+	if err := o.retireOrphans(ctx); err != nil {
+		return err
+	}
+
+	creating, err := o.store.SessionIDsByStatus(ctx, api.SessionCreating)
+	if err != nil {
+		return err
+	}
+	for _, id := range creating {
+		o.goBackground(func(ctx context.Context) {
+			o.provisionSession(ctx, id, phaseRecovering)
+		})
+	}
+
+	agents, err := o.store.AllAgents(ctx)
+	if err != nil {
+		return err
+	}
+	if len(agents) > 0 {
+		o.goBackground(func(ctx context.Context) { o.ensureAgents(ctx, agents) })
+	}
+	return nil
+}
+
+// retireOrphans destroys the sandboxes a stop left without a use:
+// half-provisioned ones, and those claimed for sessions that never got
+// stored, moved on to another sandbox, or ended.
+func (o *orchestrator) retireOrphans(ctx context.Context) error {
+	stuck, err := o.store.ListSandboxes(ctx, store.SandboxFilter{States: []string{store.SandboxProvisioning}})
 	if err != nil {
 		return err
 	}
 	for _, sb := range stuck {
-		s.markSandbox(ctx, sb.ID, store.SandboxFailed, "lapd stopped while it was being provisioned")
-		s.retireSandbox(sb, "half-provisioned at start-up")
+		o.markSandbox(ctx, sb.ID, store.SandboxFailed, "lapd stopped while it was being provisioned")
+		o.retireSandbox(sb, "half-provisioned at start-up")
 	}
 
-	claimed, err := s.store.ListSandboxes(ctx, store.SandboxFilter{States: []string{store.SandboxClaimed, store.SandboxSuspended}})
+	claimed, err := o.store.ListSandboxes(ctx, store.SandboxFilter{States: []string{store.SandboxClaimed, store.SandboxSuspended}})
 	if err != nil {
 		return err
 	}
 	for _, sb := range claimed {
-		sess, err := s.store.GetSession(ctx, sb.SessionID)
+		sess, err := o.store.GetSession(ctx, sb.SessionID)
 		if errors.Is(err, store.ErrNotFound) || (err == nil && (sess.SandboxID != sb.ID || sess.Status == api.SessionDead)) {
-			s.retireSandbox(sb, "claimed by no live session at start-up")
+			o.retireSandbox(sb, "claimed by no live session at start-up")
 			continue
 		}
 		if err != nil {
 			return err
 		}
-	}
-
-	creating, err := s.store.SessionIDsByStatus(ctx, api.SessionCreating)
-	if err != nil {
-		return err
-	}
-	for _, id := range creating {
-		s.goBackground(func(ctx context.Context) {
-			s.provisionSession(ctx, id, phaseRecovering)
-		})
-	}
-
-	agents, err := s.store.AllAgents(ctx)
-	if err != nil {
-		return err
-	}
-	if len(agents) > 0 {
-		s.goBackground(func(ctx context.Context) { s.ensureAgents(ctx, agents) })
 	}
 	return nil
 }
@@ -88,7 +98,7 @@ func (s *Server) recoverState(ctx context.Context) error {
 // a harness busy with one would refuse the session's next message. A
 // harness that is gone or already idle needs nothing; call still aborts a
 // turn it finds running when a message comes.
-func (s *Server) abortInterrupted(ctx context.Context, failed []store.Message) {
+func (o *orchestrator) abortInterrupted(ctx context.Context, failed []store.Message) {
 	seen := map[string]bool{}
 	var g errgroup.Group
 	g.SetLimit(8)
@@ -100,15 +110,15 @@ func (s *Server) abortInterrupted(ctx context.Context, failed []store.Message) {
 			continue
 		}
 		seen[m.SessionID] = true
-		tgt, ok := s.runningTarget(ctx, m.SessionID)
+		tgt, ok := o.runningTarget(ctx, m.SessionID)
 		if !ok {
 			continue
 		}
 		g.Go(func() error {
 			actx, cancel := context.WithTimeout(ctx, abortGrace)
 			defer cancel()
-			if err := s.harness.abort(actx, tgt); err != nil {
-				s.log.Info("abort an interrupted turn in its harness", "session", m.SessionID, "err", err)
+			if err := o.harness.abort(actx, tgt); err != nil {
+				o.log.Info("abort an interrupted turn in its harness", "session", m.SessionID, "err", err)
 			}
 			return nil
 		})
@@ -118,12 +128,12 @@ func (s *Server) abortInterrupted(ctx context.Context, failed []store.Message) {
 
 // runningTarget is the harness session of session id when its sandbox is
 // claimed and its harness was found running.
-func (s *Server) runningTarget(ctx context.Context, id string) (target, bool) {
-	sess, err := s.store.GetSession(ctx, id)
+func (o *orchestrator) runningTarget(ctx context.Context, id string) (target, bool) {
+	sess, err := o.store.GetSession(ctx, id)
 	if err != nil || sess.SandboxID == "" || sess.HarnessSessionID == "" {
 		return target{}, false
 	}
-	sb, err := s.store.GetSandbox(ctx, sess.SandboxID)
+	sb, err := o.store.GetSandbox(ctx, sess.SandboxID)
 	if err != nil || sb.State != store.SandboxClaimed {
 		return target{}, false
 	}
@@ -136,7 +146,7 @@ func (s *Server) runningTarget(ctx context.Context, id string) (target, bool) {
 
 // ensureAgents re-applies every agent on the backend (idempotent), a few
 // at a time, so a backend that lost per-agent resources gets them back.
-func (s *Server) ensureAgents(ctx context.Context, agents []store.Agent) {
+func (o *orchestrator) ensureAgents(ctx context.Context, agents []store.Agent) {
 	var g errgroup.Group
 	g.SetLimit(4)
 	for _, a := range agents {
@@ -144,8 +154,8 @@ func (s *Server) ensureAgents(ctx context.Context, agents []store.Agent) {
 			break
 		}
 		g.Go(func() error {
-			if err := s.ensureAgent(ctx, a); err != nil {
-				s.log.Warn("ensure agent on the backend", "agent", a.Name, "err", err)
+			if err := o.ensureAgent(ctx, a); err != nil {
+				o.log.Warn("ensure agent on the backend", "agent", a.Name, "err", err)
 			}
 			return nil
 		})

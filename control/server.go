@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -64,21 +63,17 @@ type Options struct {
 	Groups []RouteGroup
 }
 
-// Server is the control plane. Create it with New, call Start once, then
-// Serve; Shutdown stops it.
+// Server is the control plane's HTTP side: the routes, authentication
+// and the mapping of errors to responses. What the routes do is the
+// orchestrator's. Create it with New, call Start once, then Serve;
+// Shutdown stops it.
 type Server struct {
 	cfg       config.Config
 	store     *store.Store
 	backend   sandboxes.Backend
-	secrets   *secrets.Box
-	tokens    *sandboxtoken.Signer
 	log       *slog.Logger
 	app       *fiber.App
-	harness   *harnessClient
-	bus       *bus
-	pool      *warmPool
-	crashes   *crashLog
-	metrics   *metrics
+	o         *orchestrator
 	masterKey [32]byte // SHA-256 of MASTER_KEY, compared in constant time
 
 	// baseCtx is every request's and background job's context; it is
@@ -92,17 +87,7 @@ type Server struct {
 	// bodies enforces body limits per route and bytes in flight.
 	bodies *bodyLimiter
 
-	started  atomic.Bool
-	draining atomic.Bool
-
-	mu     sync.Mutex
-	active map[string]*turn // running turn per session id
-	// interrupted holds sessions whose turn a stop of lapd interrupted
-	// (failed at start-up) until their harness answers a turn again.
-	interrupted map[string]bool
-	turns       sync.WaitGroup // running turns
-	bg          sync.WaitGroup // background jobs (provisioning, cleanup)
-	bgClosed    bool           // Shutdown is waiting for bg; start no more
+	started atomic.Bool
 }
 
 // New builds the server and its routes. It does no I/O.
@@ -122,17 +107,10 @@ func New(opts Options) (*Server, error) {
 		cfg:        opts.Config,
 		store:      opts.Store,
 		backend:    opts.Backend,
-		secrets:    opts.Secrets,
-		tokens:     opts.Tokens,
 		log:        opts.Logger,
-		harness:    newHarnessClient(),
-		bus:        newBus(),
 		masterKey:  sha256.Sum256([]byte(opts.Config.MasterKey)),
 		baseCtx:    ctx,
 		cancelBase: cancel,
-		active:     map[string]*turn{},
-
-		interrupted: map[string]bool{},
 
 		pingInterval: pingInterval,
 	}
@@ -141,9 +119,7 @@ func New(opts Options) (*Server, error) {
 		cancel()
 		return nil, err
 	}
-	s.metrics = m
-	s.pool = newWarmPool(s)
-	s.crashes = newCrashLog()
+	s.o = newOrchestrator(ctx, opts, m)
 	if err := reg.Register(&warmCollector{store: opts.Store}); err != nil {
 		cancel()
 		return nil, err
@@ -177,7 +153,7 @@ func New(opts Options) (*Server, error) {
 func (s *Server) routes(reg *prometheus.Registry, groups []RouteGroup) {
 	app := s.app
 	app.Use(recover.New())
-	app.Use(s.metrics.middleware)
+	app.Use(s.o.metrics.middleware)
 	app.Use(func(c *fiber.Ctx) error {
 		c.SetUserContext(s.baseCtx)
 		return c.Next()
@@ -247,7 +223,7 @@ func (s *Server) authExcept(open []string) fiber.Handler {
 
 func (s *Server) readyz(c *fiber.Ctx) error {
 	switch {
-	case s.draining.Load():
+	case s.o.draining.Load():
 		return unavailable("lapd is shutting down")
 	case !s.started.Load():
 		return unavailable("lapd is starting")
@@ -279,11 +255,11 @@ func (s *Server) Serve(ln net.Listener) error {
 // background). Then it starts the warm pool manager and the idle reaper.
 // Call it once, before Serve.
 func (s *Server) Start(ctx context.Context) error {
-	if err := s.recoverState(ctx); err != nil {
+	if err := s.o.recoverState(ctx); err != nil {
 		return fmt.Errorf("start control plane: %w", err)
 	}
-	s.goBackground(s.pool.run)
-	s.goBackground(s.reapIdle)
+	s.o.goBackground(s.o.pool.run)
+	s.o.goBackground(s.o.reapIdle)
 	s.started.Store(true)
 	return nil
 }
@@ -293,60 +269,15 @@ func (s *Server) Start(ctx context.Context) error {
 // finish until ctx ends; then they are aborted (and recorded as such) and
 // background jobs are cancelled. The caller closes the store afterwards.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.draining.Store(true)
-	s.bus.close()
+	s.o.draining.Store(true)
+	s.o.bus.close()
 	shut := make(chan error, 1)
 	go func() { shut <- s.app.ShutdownWithContext(ctx) }()
 
-	turnsDone := make(chan struct{})
-	go func() { s.turns.Wait(); close(turnsDone) }()
-	select {
-	case <-turnsDone:
-	case <-ctx.Done():
-		s.mu.Lock()
-		for _, t := range s.active {
-			if t != nil { // nil: a maintenance job, not a turn
-				t.abort(abortShutdown)
-			}
-		}
-		s.mu.Unlock()
-		// Aborted turns end within abortGrace (then their calls are cut).
-		select {
-		case <-turnsDone:
-		case <-time.After(abortGrace + 5*time.Second):
-			s.log.Warn("turns still running at shutdown")
-		}
-	}
-	s.cancelBase()
-	s.mu.Lock()
-	s.bgClosed = true
-	s.mu.Unlock()
-	bgDone := make(chan struct{})
-	go func() { s.bg.Wait(); close(bgDone) }()
-	select {
-	case <-bgDone:
-	case <-time.After(10 * time.Second):
-		s.log.Warn("background jobs still running at shutdown")
-	}
+	s.o.stop(ctx, s.cancelBase)
 	err := <-shut
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		err = nil // connections still open were cut; that is the bound
 	}
 	return err
-}
-
-// goBackground runs fn as a tracked background job with the server's
-// context. Once Shutdown has given up on running work, fn does not run:
-// what it would have done is redone by Start's recovery.
-func (s *Server) goBackground(fn func(ctx context.Context)) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.bgClosed {
-		return
-	}
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		fn(s.baseCtx)
-	}()
 }

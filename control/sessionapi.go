@@ -1,9 +1,6 @@
 package control
 
 import (
-	"context"
-	"errors"
-	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
@@ -20,21 +17,9 @@ const maxWait = 10 * time.Minute
 
 var sessionStatuses = []string{api.SessionCreating, api.SessionReady, api.SessionIdle, api.SessionFailed, api.SessionDead}
 
-// resolveSession finds the session a path names by id or short id.
-func (s *Server) resolveSession(ctx context.Context, ref string) (store.Session, error) {
-	sess, err := s.store.ResolveSession(ctx, ref)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return sess, notFound("session %s not found", ref)
-	case errors.Is(err, store.ErrConflict):
-		return sess, ambiguous(err, ref, "session")
-	}
-	return sess, err
-}
-
 func (s *Server) createSession(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	a, err := s.resolveAgent(ctx, c.Params("id"))
+	a, err := s.o.resolveAgent(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -48,14 +33,11 @@ func (s *Server) createSession(c *fiber.Ctx) error {
 	if err := p.err(); err != nil {
 		return err
 	}
-	if s.draining.Load() {
-		return unavailable("lapd is shutting down; retry shortly")
-	}
-	sess, err := s.openSession(ctx, a, req)
+	sess, err := s.o.openSession(ctx, a, req)
 	if err != nil {
 		return err
 	}
-	return c.Status(http.StatusCreated).JSON(s.apiSession(ctx, sess, a.Name))
+	return c.Status(http.StatusCreated).JSON(s.o.apiSession(ctx, sess, a.Name))
 }
 
 func (s *Server) listSessions(c *fiber.Ctx) error {
@@ -69,7 +51,7 @@ func (s *Server) listSessions(c *fiber.Ctx) error {
 		return badRequest("status %q must be one of %v", f.Status, sessionStatuses)
 	}
 	if ref := c.Query("agent_id"); ref != "" {
-		a, err := s.resolveAgent(ctx, ref)
+		a, err := s.o.resolveAgent(ctx, ref)
 		if err != nil {
 			return err
 		}
@@ -89,14 +71,14 @@ func (s *Server) listSessions(c *fiber.Ctx) error {
 			}
 			names[sess.AgentID] = name
 		}
-		out = append(out, s.apiSession(ctx, sess, name))
+		out = append(out, s.o.apiSession(ctx, sess, name))
 	}
 	return c.JSON(api.List[api.Session]{Data: out, NextCursor: next})
 }
 
 func (s *Server) getSession(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -110,33 +92,20 @@ func (s *Server) getSession(c *fiber.Ctx) error {
 				return badRequest("timeout=%q must be a duration up to %s, e.g. 60s", v, maxWait)
 			}
 		}
-		if sess.Status == api.SessionCreating {
-			wctx, cancel := context.WithTimeout(ctx, timeout)
-			got, err := s.waitReady(wctx, sess.ID)
-			cancel()
-			switch {
-			case err == nil, got.ID != "" && (got.Status == api.SessionFailed || got.Status == api.SessionDead):
-				sess = got
-			case errors.Is(err, context.DeadlineExceeded):
-				// Still creating: answer with what it is now.
-				if sess, err = s.store.GetSession(ctx, sess.ID); err != nil {
-					return err
-				}
-			default:
-				return err
-			}
+		if sess, err = s.o.awaitReady(ctx, sess, timeout); err != nil {
+			return err
 		}
 	}
-	return c.JSON(s.apiSession(ctx, sess, ""))
+	return c.JSON(s.o.apiSession(ctx, sess, ""))
 }
 
 func (s *Server) deleteSession(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
-	if err := s.endSession(ctx, sess.ID); err != nil {
+	if err := s.o.endSession(ctx, sess.ID); err != nil {
 		return err
 	}
 	return c.SendStatus(http.StatusNoContent)
@@ -174,16 +143,16 @@ func (s *Server) startTurnFromRequest(c *fiber.Ctx) (*turn, error) {
 			return nil, err
 		}
 	}
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return nil, err
 	}
-	return s.beginTurn(ctx, sess, parts, req.Model)
+	return s.o.beginTurn(ctx, sess, parts, req.Model)
 }
 
 func (s *Server) listMessages(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
@@ -215,81 +184,32 @@ func (s *Server) listMessages(c *fiber.Ctx) error {
 }
 
 func (s *Server) abortSession(c *fiber.Ctx) error {
-	sess, err := s.resolveSession(c.UserContext(), c.Params("id"))
+	sess, err := s.o.resolveSession(c.UserContext(), c.Params("id"))
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	t := s.active[sess.ID]
-	s.mu.Unlock()
-	if t != nil {
-		t.abort(abortUser)
-	}
-	return c.JSON(fiber.Map{"aborted": t != nil})
+	return c.JSON(fiber.Map{"aborted": s.o.abortTurn(sess.ID, abortUser)})
 }
 
 func (s *Server) restartSession(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
-	release, err := s.reserve(sess.ID, nil)
-	if err != nil {
+	if sess, err = s.o.restartSession(ctx, sess.ID); err != nil {
 		return err
 	}
-	defer release()
-	sess, err = s.updateSession(ctx, sess.ID, func(cur *store.Session) error {
-		switch cur.Status {
-		case api.SessionDead:
-			return conflict("session %s has ended; create a new one", cur.ID)
-		case api.SessionCreating:
-			return conflict("session %s is already starting", cur.ID)
-		}
-		cur.Status, cur.Phase, cur.FailureReason = api.SessionCreating, phaseRestarting, ""
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	s.goBackground(func(ctx context.Context) {
-		s.provisionSession(ctx, sess.ID, phaseProvisioning)
-	})
-	return c.Status(http.StatusAccepted).JSON(s.apiSession(ctx, sess, ""))
-}
-
-// timeline merges the session's status/phase log with its messages.
-func (s *Server) timeline(ctx context.Context, id string) ([]api.LogEntry, error) {
-	entries, err := s.store.ListLog(ctx, id, 0)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]api.LogEntry, 0, len(entries))
-	for _, e := range entries {
-		out = append(out, api.LogEntry(e))
-	}
-	msgs, err := s.store.ListMessages(ctx, id, 0, 0)
-	if err != nil {
-		return nil, err
-	}
-	for _, m := range msgs {
-		line := fmt.Sprintf("%s message %d %s", m.Role, m.Seq, m.Status)
-		if m.Error != nil {
-			line += fmt.Sprintf(": %s: %s", m.Error.Name, m.Error.Message)
-		}
-		out = append(out, api.LogEntry{Time: m.UpdatedAt, Kind: "message", Message: line})
-	}
-	slices.SortStableFunc(out, func(a, b api.LogEntry) int { return a.Time.Compare(b.Time) })
-	return out, nil
+	return c.Status(http.StatusAccepted).JSON(s.o.apiSession(ctx, sess, ""))
 }
 
 func (s *Server) sessionLog(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
-	tl, err := s.timeline(ctx, sess.ID)
+	tl, err := s.o.timeline(ctx, sess.ID)
 	if err != nil {
 		return err
 	}
@@ -298,87 +218,13 @@ func (s *Server) sessionLog(c *fiber.Ctx) error {
 
 func (s *Server) diagnose(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
-	d := api.Diagnosis{Session: s.apiSession(ctx, sess, "")}
-	if a, err := s.store.GetAgent(ctx, sess.AgentID); err == nil {
-		d.Agent = apiAgent(a)
-	} else {
-		d.Hints = append(d.Hints, "the session's agent no longer exists")
-	}
-	if d.Timeline, err = s.timeline(ctx, sess.ID); err != nil {
-		return err
-	}
-	msgs, err := s.store.ListMessages(ctx, sess.ID, 0, 0)
+	d, err := s.o.diagnose(ctx, sess)
 	if err != nil {
 		return err
 	}
-	d.Messages = make([]api.MessageStatus, 0, len(msgs))
-	for _, m := range msgs {
-		ms := api.MessageStatus{Seq: m.Seq, Role: m.Role, Status: m.Status}
-		if rm := renderMessage(m); rm.Info.Error != nil {
-			ms.Error = rm.Info.Error.Name + ": " + rm.Info.Error.Message
-		}
-		d.Messages = append(d.Messages, ms)
-	}
-	if sess.SandboxID != "" {
-		s.diagnoseSandbox(ctx, &d, sess)
-	}
-	switch sess.Status {
-	case api.SessionFailed:
-		d.Hints = append(d.Hints, fmt.Sprintf("the session failed (%s); POST %s/sessions/%s/restart starts it on a new sandbox with its history", sess.FailureReason, api.BasePath, sess.ID))
-	case api.SessionCreating:
-		d.Hints = append(d.Hints, fmt.Sprintf("the session is being created (phase %q); it fails if not ready within SESSION_CREATING_TIMEOUT (%s)", sess.Phase, s.cfg.SessionCreatingTimeout))
-	case api.SessionIdle:
-		d.Hints = append(d.Hints, "the sandbox is scaled to zero; the next message resumes it")
-	}
-	s.mu.Lock()
-	if s.active[sess.ID] != nil {
-		d.Hints = append(d.Hints, "a turn is running now")
-	}
-	s.mu.Unlock()
 	return c.JSON(d)
-}
-
-// diagnoseSandbox adds what the store, the backend and the harness say
-// about the session's sandbox; each probe is bounded.
-func (s *Server) diagnoseSandbox(ctx context.Context, d *api.Diagnosis, sess store.Session) {
-	sb, err := s.store.GetSandbox(ctx, sess.SandboxID)
-	if err != nil {
-		d.Hints = append(d.Hints, "the session's sandbox record is missing: "+err.Error())
-		return
-	}
-	d.Sandbox = map[string]any{"id": sb.ID, "state": sb.State, "role": sb.Role, "generation": sb.Generation,
-		"created_at": sb.CreatedAt, "updated_at": sb.UpdatedAt, "backend": s.backend.Name()}
-	if sb.Error != "" {
-		d.Sandbox["error"] = sb.Error
-	}
-	bsb, err := backendRecord(sb)
-	if err != nil {
-		d.Hints = append(d.Hints, err.Error())
-		return
-	}
-	d.Sandbox["running"], d.Sandbox["endpoint"] = bsb.Running, bsb.Endpoint.URL
-	probe, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	if logs, err := s.backend.Logs(probe, bsb, 4096); err == nil {
-		d.LogTail = logs
-	} else {
-		d.Sandbox["logs_error"] = err.Error()
-	}
-	if !bsb.Running {
-		return
-	}
-	if id, err := s.harness.identity(probe, targetOf(sb, bsb, "")); err == nil {
-		d.Harness = map[string]any{"reachable": true, "harness": id.Harness, "version": id.Version, "ready": id.Ready, "workspace": id.Workspace}
-		if id.Error != "" {
-			d.Harness["error"] = id.Error
-			d.Hints = append(d.Hints, "the harness reports: "+id.Error)
-		}
-	} else {
-		d.Harness = map[string]any{"reachable": false, "error": err.Error()}
-		d.Hints = append(d.Hints, "the harness does not answer; the next message restarts it")
-	}
 }

@@ -91,7 +91,7 @@ func TestWarmClaimIsReadyInTheResponse(t *testing.T) {
 	a := e.createAgent("warm", nil)
 	agent, err := e.store.GetAgent(t.Context(), a.ID)
 	require.NoError(t, err)
-	warm, err := e.srv.provisionWarm(t.Context(), agent)
+	warm, err := e.srv.o.provisionWarm(t.Context(), agent)
 	require.NoError(t, err)
 	assert.Equal(t, store.SandboxWarm, warm.State)
 	provisioned := e.backend.Provisions()
@@ -121,7 +121,7 @@ func TestWarmSandboxOfOldGenerationIsNotClaimed(t *testing.T) {
 	a := e.createAgent("gen", nil)
 	agent, err := e.store.GetAgent(t.Context(), a.ID)
 	require.NoError(t, err)
-	_, err = e.srv.provisionWarm(t.Context(), agent)
+	_, err = e.srv.o.provisionWarm(t.Context(), agent)
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, e.do(http.MethodPatch, "/agents/gen", map[string]any{"prompt": "new"}, nil))
 	var sess api.Session
@@ -320,7 +320,7 @@ func TestIdleSessionResumesOnNextMessage(t *testing.T) {
 	sess := e.readySession("sleepy")
 	_, _, _ = e.send(sess.ID, "before sleep")
 
-	require.NoError(t, e.srv.suspendSession(t.Context(), sess.ID))
+	require.NoError(t, e.srv.o.suspendSession(t.Context(), sess.ID))
 	idle := e.session(sess.ID)
 	assert.Equal(t, api.SessionIdle, idle.Status)
 	assert.Empty(t, e.backend.Running(), "the sandbox is scaled to zero")
@@ -373,7 +373,7 @@ func TestLostSandboxIsReplacedWithHistory(t *testing.T) {
 	sess := e.readySession("lost")
 	status, _, _ := e.send(sess.ID, "first")
 	require.Equal(t, http.StatusOK, status)
-	require.NoError(t, e.srv.suspendSession(t.Context(), sess.ID))
+	require.NoError(t, e.srv.o.suspendSession(t.Context(), sess.ID))
 	require.NoError(t, e.backend.Forget(sess.SandboxID))
 
 	status, m, body := e.send(sess.ID, "/history")
@@ -554,7 +554,7 @@ func TestInterruptedTurnStillRunningInTheHarnessIsAborted(t *testing.T) {
 	_, err = first.store.AppendMessage(ctx, store.Message{SessionID: sess.ID, Role: "user", Status: store.MessagePending,
 		Data: json.RawMessage(`{"info":{"role":"user"},"parts":[{"type":"text","text":"/block"}]}`)})
 	require.NoError(t, err)
-	events, err := first.srv.harness.openEvents(ctx, tgt)
+	events, err := first.srv.o.harness.openEvents(ctx, tgt)
 	require.NoError(t, err)
 	defer events.close()
 	orphan := make(chan protocol.Message, 1)

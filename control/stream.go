@@ -91,15 +91,15 @@ func (s *Server) streamMessage(c *fiber.Ctx) error {
 // stops.
 func (s *Server) sessionEvents(c *fiber.Ctx) error {
 	ctx := c.UserContext()
-	sess, err := s.resolveSession(ctx, c.Params("id"))
+	sess, err := s.o.resolveSession(ctx, c.Params("id"))
 	if err != nil {
 		return err
 	}
-	sub := s.bus.subscribe(sess.ID)
-	first := newEvent(api.EventSession, s.apiSession(ctx, sess, ""))
+	sub := s.o.bus.subscribe(sess.ID)
+	first := newEvent(api.EventSession, s.o.apiSession(ctx, sess, ""))
 	setSSEHeaders(c)
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
-		defer s.bus.unsubscribe(sess.ID, sub)
+		defer s.o.bus.unsubscribe(sess.ID, sub)
 		if writeSSE(w, first) != nil || sess.Status == api.SessionDead {
 			return
 		}

@@ -151,9 +151,9 @@ func TestShutdownLetsTurnsFinish(t *testing.T) {
 		done <- answer{status, m}
 	}()
 	waitFor(t, "the turn to start", func() bool {
-		e.srv.mu.Lock()
-		defer e.srv.mu.Unlock()
-		return e.srv.active[sess.ID] != nil
+		e.srv.o.mu.Lock()
+		defer e.srv.o.mu.Unlock()
+		return e.srv.o.active[sess.ID] != nil
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -178,9 +178,9 @@ func TestShutdownAbortsTurnsPastTheBound(t *testing.T) {
 	go e.send(sess.ID, "/block")
 	waitFor(t, "the harness to run the turn", func() bool {
 		log := e.messages(sess.ID)
-		e.srv.mu.Lock()
-		defer e.srv.mu.Unlock()
-		return len(log) == 1 && e.srv.active[sess.ID] != nil
+		e.srv.o.mu.Lock()
+		defer e.srv.o.mu.Unlock()
+		return len(log) == 1 && e.srv.o.active[sess.ID] != nil
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()

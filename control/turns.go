@@ -23,22 +23,22 @@ const abortGrace = 10 * time.Second
 // error.
 type abortReason struct {
 	name, message string
-	status        int // the HTTP status the sender of the turn gets
+	kind          error // the kind of failure the sender of the turn gets
 }
 
 var (
-	abortUser       = abortReason{"Aborted", "the turn was aborted", http.StatusConflict}
-	abortClientGone = abortReason{"Aborted", "the client disconnected from the stream", http.StatusConflict}
-	abortShutdown   = abortReason{"Aborted", "lapd is shutting down", http.StatusServiceUnavailable}
-	abortEnded      = abortReason{"Aborted", "the session was deleted", http.StatusConflict}
-	abortTimeout    = abortReason{"Timeout", "the turn ran longer than LAP_TURN_TIMEOUT", http.StatusGatewayTimeout}
+	abortUser       = abortReason{"Aborted", "the turn was aborted", errAborted}
+	abortClientGone = abortReason{"Aborted", "the client disconnected from the stream", errAborted}
+	abortShutdown   = abortReason{"Aborted", "lapd is shutting down", errUnavailable}
+	abortEnded      = abortReason{"Aborted", "the session was deleted", errEnded}
+	abortTimeout    = abortReason{"Timeout", "the turn ran longer than LAP_TURN_TIMEOUT", errTimeout}
 )
 
 // turn is one user message on its way through a session's harness. Its
 // user message is in the log (pending) from beginTurn on; run always ends
 // it as completed or failed.
 type turn struct {
-	s         *Server
+	o         *orchestrator
 	sessionID string
 	user      store.Message
 	parts     []protocol.InputPart
@@ -70,46 +70,15 @@ func (t *turn) wasAborted() bool {
 	}
 }
 
-// reserve makes t (or, with t nil, a maintenance job such as a suspend)
-// the one thing running on session id; release frees it.
-func (s *Server) reserve(id string, t *turn) (release func(), err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.draining.Load() {
-		return nil, unavailable("lapd is shutting down; retry shortly")
-	}
-	if _, busy := s.active[id]; busy {
-		return nil, conflict("a turn is already running on session %s; wait for it or POST %s/sessions/%s/abort", id, api.BasePath, id)
-	}
-	s.active[id] = t
-	if t != nil {
-		s.turns.Add(1)
-	}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			s.mu.Lock()
-			delete(s.active, id)
-			s.mu.Unlock()
-			if t != nil {
-				s.turns.Done()
-			}
-		})
-	}, nil
-}
-
 // beginTurn logs the user message as pending (durably, before any harness
 // sees it) and reserves the session for the turn. The caller must call
 // run on the returned turn.
-func (s *Server) beginTurn(ctx context.Context, sess store.Session, parts []protocol.InputPart, model string) (*turn, error) {
-	switch sess.Status {
-	case api.SessionDead:
-		return nil, conflict("session %s has ended", sess.ID)
-	case api.SessionFailed:
-		return nil, conflict("session %s failed: %s; POST %s/sessions/%s/restart to start it again", sess.ID, sess.FailureReason, api.BasePath, sess.ID)
+func (o *orchestrator) beginTurn(ctx context.Context, sess store.Session, parts []protocol.InputPart, model string) (*turn, error) {
+	if err := acceptsTurn(sess); err != nil {
+		return nil, err
 	}
-	t := &turn{s: s, sessionID: sess.ID, parts: parts, model: model, started: time.Now(), aborted: make(chan struct{})}
-	release, err := s.reserve(sess.ID, t)
+	t := &turn{o: o, sessionID: sess.ID, parts: parts, model: model, started: time.Now(), aborted: make(chan struct{})}
+	release, err := o.reserve(ctx, sess.ID, t)
 	if err != nil {
 		return nil, err
 	}
@@ -128,20 +97,20 @@ func (s *Server) beginTurn(ctx context.Context, sess store.Session, parts []prot
 		release()
 		return nil, err
 	}
-	t.user, err = s.store.AppendMessage(ctx, store.Message{SessionID: sess.ID, ID: doc.Info.ID,
+	t.user, err = o.store.AppendMessage(ctx, store.Message{SessionID: sess.ID, ID: doc.Info.ID,
 		Role: protocol.RoleUser, Status: store.MessagePending, Data: data})
 	if err != nil {
 		release()
 		return nil, err
 	}
-	s.publishMessage(t.user)
+	o.publishMessage(t.user)
 	return t, nil
 }
 
 // publishMessage tells the session's subscribers about a logged message.
-func (s *Server) publishMessage(m store.Message) {
-	if s.bus.has(m.SessionID) {
-		s.bus.publish(m.SessionID, newEvent(api.EventMessage, renderMessage(m)))
+func (o *orchestrator) publishMessage(m store.Message) {
+	if o.bus.has(m.SessionID) {
+		o.bus.publish(m.SessionID, newEvent(api.EventMessage, renderMessage(m)))
 	}
 }
 
@@ -151,9 +120,9 @@ func (s *Server) publishMessage(m store.Message) {
 // with an LLM error or an abort is not an error (the message says so);
 // a timeout, an unreachable harness or lapd stopping is.
 func (t *turn) run(ctx context.Context) (api.Message, error) {
-	s := t.s
+	o := t.o
 	defer t.release()
-	timer := time.AfterFunc(s.cfg.TurnTimeout, func() { t.abort(abortTimeout) })
+	timer := time.AfterFunc(o.cfg.TurnTimeout, func() { t.abort(abortTimeout) })
 	defer timer.Stop()
 
 	// Before the harness has the message, an abort simply cancels.
@@ -166,16 +135,16 @@ func (t *turn) run(ctx context.Context) (api.Message, error) {
 		case <-prep.Done():
 		}
 	}()
-	sess, err := s.waitReady(prep, t.sessionID)
+	sess, err := o.waitReady(prep, t.sessionID)
 	if err != nil {
 		return t.fail(ctx, err)
 	}
-	tgt, sess, err := s.ensureRunning(prep, sess, false, t.user.Seq)
+	tgt, sess, err := o.ensureRunning(prep, sess, false, t.user.Seq)
 	if err != nil {
 		return t.fail(ctx, err)
 	}
 	if t.sink != nil {
-		t.sink(newEvent(api.EventReady, s.apiSession(ctx, sess, "")))
+		t.sink(newEvent(api.EventReady, o.apiSession(ctx, sess, "")))
 	}
 	msg, err := t.call(ctx, prep, tgt, sess)
 	if err != nil {
@@ -193,11 +162,11 @@ func (t *turn) run(ctx context.Context) (api.Message, error) {
 // free. (A harness busy with a turn an API client started through the
 // pass-through is left alone: the sender gets a 409.)
 func (t *turn) call(ctx, prep context.Context, tgt target, sess store.Session) (protocol.Message, error) {
-	s := t.s
+	o := t.o
 	for attempt := 0; ; attempt++ {
 		var w *watcher
-		if t.sink != nil || s.bus.has(t.sessionID) {
-			w = s.watchTurn(ctx, tgt, t.emit)
+		if t.sink != nil || o.bus.has(t.sessionID) {
+			w = o.watchTurn(ctx, tgt, t.emit)
 		}
 		msg, err := t.send(ctx, tgt)
 		if w != nil {
@@ -208,21 +177,21 @@ func (t *turn) call(ctx, prep context.Context, tgt target, sess store.Session) (
 		}
 		switch {
 		case attempt == 0 && notSent(err):
-			s.log.Info("harness not answering; resuming", "session", t.sessionID, "err", err)
-			tgt, sess, err = s.ensureRunning(prep, sess, true, t.user.Seq)
+			o.log.Info("harness not answering; resuming", "session", t.sessionID, "err", err)
+			tgt, sess, err = o.ensureRunning(prep, sess, true, t.user.Seq)
 		case attempt == 0 && isStatus(err, http.StatusNotFound):
-			s.log.Info("harness lost the session; opening a new one with the history", "session", t.sessionID)
-			tgt, err = s.reopenHarnessSession(prep, sess, tgt, t.user.Seq)
-		case isStatus(err, http.StatusConflict) && attempt < len(busyBackoff) && s.wasInterrupted(t.sessionID):
+			o.log.Info("harness lost the session; opening a new one with the history", "session", t.sessionID)
+			tgt, err = o.reopenHarnessSession(prep, sess, tgt, t.user.Seq)
+		case isStatus(err, http.StatusConflict) && attempt < len(busyBackoff) && o.wasInterrupted(t.sessionID):
 			// The harness outlived lapd and still runs the turn the log
 			// recorded as failed at start-up. abortInterrupted asked it
 			// to stop; ask again in case that failed, and send once the
 			// harness is free. The harness refused the message, so
 			// sending it again cannot run it twice.
 			if attempt == 0 {
-				s.log.Info("harness still busy with a turn lapd's restart interrupted; aborting it", "session", t.sessionID)
+				o.log.Info("harness still busy with a turn lapd's restart interrupted; aborting it", "session", t.sessionID)
 			}
-			err = s.abortOrphan(prep, tgt, busyBackoff[attempt])
+			err = o.abortOrphan(prep, tgt, busyBackoff[attempt])
 		default:
 			return protocol.Message{}, err
 		}
@@ -230,14 +199,6 @@ func (t *turn) call(ctx, prep context.Context, tgt target, sess store.Session) (
 			return protocol.Message{}, err
 		}
 	}
-}
-
-// wasInterrupted reports whether session id had a turn running when lapd
-// last stopped, and has answered none since.
-func (s *Server) wasInterrupted(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.interrupted[id]
 }
 
 // busyBackoff is how long call waits after each abort of a turn it finds
@@ -250,12 +211,12 @@ var busyBackoff = []time.Duration{
 
 // abortOrphan asks the harness to abort the turn it runs for tgt's
 // session and waits wait (or until ctx ends).
-func (s *Server) abortOrphan(ctx context.Context, tgt target, wait time.Duration) error {
+func (o *orchestrator) abortOrphan(ctx context.Context, tgt target, wait time.Duration) error {
 	actx, cancel := context.WithTimeout(ctx, abortGrace)
-	err := s.harness.abort(actx, tgt)
+	err := o.harness.abort(actx, tgt)
 	cancel()
 	if err != nil {
-		s.log.Warn("abort a turn lapd does not run", "session", tgt.sessionID, "err", err)
+		o.log.Warn("abort a turn lapd does not run", "session", tgt.sessionID, "err", err)
 	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
@@ -280,7 +241,7 @@ func (t *turn) send(ctx context.Context, tgt target) (protocol.Message, error) {
 	}
 	res := make(chan result, 1)
 	go func() {
-		m, err := t.s.harness.sendMessage(call, tgt, req)
+		m, err := t.o.harness.sendMessage(call, tgt, req)
 		res <- result{m, err}
 	}()
 	aborted := t.aborted
@@ -290,8 +251,8 @@ func (t *turn) send(ctx context.Context, tgt target) (protocol.Message, error) {
 		go func() {
 			actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortGrace)
 			defer cancel()
-			if err := t.s.harness.abort(actx, tgt); err != nil {
-				t.s.log.Warn("abort harness turn", "session", t.sessionID, "err", err)
+			if err := t.o.harness.abort(actx, tgt); err != nil {
+				t.o.log.Warn("abort harness turn", "session", t.sessionID, "err", err)
 			}
 		}()
 		// The abort may reach the harness before the message does;
@@ -319,19 +280,16 @@ func (t *turn) send(ctx context.Context, tgt target) (protocol.Message, error) {
 
 // reopenHarnessSession opens a new harness session on the same sandbox
 // with the conversation replayed (the harness lost the old one).
-func (s *Server) reopenHarnessSession(ctx context.Context, sess store.Session, tgt target, beforeSeq int64) (target, error) {
-	history, err := s.history(ctx, sess.ID, beforeSeq)
+func (o *orchestrator) reopenHarnessSession(ctx context.Context, sess store.Session, tgt target, beforeSeq int64) (target, error) {
+	history, err := o.history(ctx, sess.ID, beforeSeq)
 	if err != nil {
 		return tgt, err
 	}
-	hs, err := s.harness.createSession(ctx, tgt, protocol.CreateSessionRequest{Title: sess.Title, History: history})
+	hs, err := o.harness.createSession(ctx, tgt, protocol.CreateSessionRequest{Title: sess.Title, History: history})
 	if err != nil {
 		return tgt, err
 	}
-	if _, err := s.updateSession(ctx, sess.ID, func(cur *store.Session) error {
-		cur.HarnessSessionID = hs.ID
-		return nil
-	}); err != nil {
+	if _, _, err := o.mark(ctx, sess.ID, harnessReopened(hs.ID)); err != nil {
 		return tgt, err
 	}
 	tgt.sessionID = hs.ID
@@ -342,7 +300,7 @@ func (s *Server) reopenHarnessSession(ctx context.Context, sess store.Session, t
 // subscribers and to the turn's stream.
 func (t *turn) emit(ev protocol.Event) {
 	e := newEvent(api.EventHarness, ev)
-	t.s.bus.publish(t.sessionID, e)
+	t.o.bus.publish(t.sessionID, e)
 	if t.sink != nil {
 		t.sink(e)
 	}
@@ -351,13 +309,13 @@ func (t *turn) emit(ev protocol.Event) {
 // finish logs the harness's answer: the user message completed and the
 // assistant message appended, in one transaction.
 func (t *turn) finish(ctx context.Context, msg protocol.Message) (api.Message, error) {
-	s := t.s
+	o := t.o
 	msg.Info.SessionID = t.sessionID
 	msg.Info.Role = protocol.RoleAssistant
 	if msg.Parts == nil {
 		msg.Parts = []protocol.Part{}
 	}
-	// Parts name the harness's session; the log speaks of lap's.
+	// Parts name the harness's session; the log speaks of lap'o.
 	for i := range msg.Parts {
 		msg.Parts[i].SessionID = t.sessionID
 	}
@@ -368,7 +326,7 @@ func (t *turn) finish(ctx context.Context, msg protocol.Message) (api.Message, e
 			outcome = outcomeAborted
 			if t.wasAborted() && t.reason == abortTimeout {
 				outcome = outcomeTimeout
-				e.Name, e.Message = abortTimeout.name, fmt.Sprintf("%s (%s)", abortTimeout.message, s.cfg.TurnTimeout)
+				e.Name, e.Message = abortTimeout.name, fmt.Sprintf("%s (%s)", abortTimeout.message, o.cfg.TurnTimeout)
 			}
 		}
 	}
@@ -376,24 +334,24 @@ func (t *turn) finish(ctx context.Context, msg protocol.Message) (api.Message, e
 	if err != nil {
 		return t.fail(ctx, err)
 	}
-	user, asst, err := s.store.FinishTurn(context.WithoutCancel(ctx), store.TurnResult{
+	user, asst, err := o.store.FinishTurn(context.WithoutCancel(ctx), store.TurnResult{
 		SessionID: t.sessionID, UserSeq: t.user.Seq, UserStatus: store.MessageCompleted,
 		Assistant: &store.Message{ID: msg.Info.ID, Role: protocol.RoleAssistant, Status: status, Data: data},
 	})
 	if err != nil {
-		s.metrics.turns.WithLabelValues(outcomeFailed).Inc()
+		o.metrics.turns.WithLabelValues(outcomeFailed).Inc()
 		return api.Message{}, err
 	}
-	s.metrics.turns.WithLabelValues(outcome).Inc()
-	s.metrics.turnDuration.Observe(time.Since(t.started).Seconds())
-	s.mu.Lock()
-	delete(s.interrupted, t.sessionID) // its harness answered: no orphan left
-	s.mu.Unlock()
-	s.publishMessage(user)
-	s.publishMessage(asst)
+	o.metrics.turns.WithLabelValues(outcome).Inc()
+	o.metrics.turnDuration.Observe(time.Since(t.started).Seconds())
+	o.mu.Lock()
+	delete(o.interrupted, t.sessionID) // its harness answered: no orphan left
+	o.mu.Unlock()
+	o.publishMessage(user)
+	o.publishMessage(asst)
 	out := renderMessage(asst)
 	if outcome == outcomeTimeout {
-		return out, newAPIError(http.StatusGatewayTimeout, api.CodeTimeout, "%s (%s)", abortTimeout.message, s.cfg.TurnTimeout)
+		return out, errorf(errTimeout, "%s (%s)", abortTimeout.message, o.cfg.TurnTimeout)
 	}
 	return out, nil
 }
@@ -401,7 +359,7 @@ func (t *turn) finish(ctx context.Context, msg protocol.Message) (api.Message, e
 // fail logs the turn as failed (the user message gets the error) and
 // returns the error the sender gets.
 func (t *turn) fail(ctx context.Context, cause error) (api.Message, error) {
-	s := t.s
+	o := t.o
 	e := store.MessageError{Name: "HarnessError", Message: cause.Error()}
 	outcome := outcomeFailed
 	var out error
@@ -412,46 +370,42 @@ func (t *turn) fail(ctx context.Context, cause error) (api.Message, error) {
 		if t.reason == abortTimeout {
 			outcome = outcomeTimeout
 		}
-		code := api.CodeConflict
-		if c, ok := codes[t.reason.status]; ok {
-			code = c
-		}
-		out = newAPIError(t.reason.status, code, "%s", t.reason.message)
+		out = errorf(t.reason.kind, "%s", t.reason.message)
 	case isStatus(cause, http.StatusConflict):
 		out = conflict("the harness of session %s is busy with another turn", t.sessionID)
 	default:
 		out = cause
-		// What lapd cannot classify went wrong on the way to or in the
+		// What lapd cannot name went wrong on the way to or in the
 		// harness (connection lost, bad answer, backend failure).
-		if status, _ := classify(cause); status == http.StatusInternalServerError {
+		if !known(cause) {
 			out = harnessFailure("session %s: %v", t.sessionID, cause)
 		}
 	}
-	if errors.Is(cause, errSessionEnded) {
-		out = conflict("session %s has ended", t.sessionID)
+	if errors.Is(cause, errEnded) {
+		out = endedError(t.sessionID)
 	}
-	user, _, err := s.store.FinishTurn(context.WithoutCancel(ctx), store.TurnResult{
+	user, _, err := o.store.FinishTurn(context.WithoutCancel(ctx), store.TurnResult{
 		SessionID: t.sessionID, UserSeq: t.user.Seq, UserStatus: store.MessageFailed, UserError: &e,
 	})
 	if err != nil {
-		s.log.Error("record failed turn", "session", t.sessionID, "seq", t.user.Seq, "err", err)
+		o.log.Error("record failed turn", "session", t.sessionID, "seq", t.user.Seq, "err", err)
 	} else {
-		s.publishMessage(user)
+		o.publishMessage(user)
 	}
-	s.metrics.turns.WithLabelValues(outcome).Inc()
-	s.log.Warn("turn failed", "session", t.sessionID, "seq", t.user.Seq, "err", cause)
+	o.metrics.turns.WithLabelValues(outcome).Inc()
+	o.log.Warn("turn failed", "session", t.sessionID, "seq", t.user.Seq, "err", cause)
 	return api.Message{}, out
 }
 
 // waitReady returns the session once it is no longer creating.
-func (s *Server) waitReady(ctx context.Context, id string) (store.Session, error) {
-	if sess, err := s.store.GetSession(ctx, id); err != nil || sess.Status != api.SessionCreating {
+func (o *orchestrator) waitReady(ctx context.Context, id string) (store.Session, error) {
+	if sess, err := o.store.GetSession(ctx, id); err != nil || sess.Status != api.SessionCreating {
 		return sess, readyErr(sess, err)
 	}
-	sub := s.bus.subscribe(id)
-	defer func() { s.bus.unsubscribe(id, sub) }()
+	sub := o.bus.subscribe(id)
+	defer func() { o.bus.unsubscribe(id, sub) }()
 	for {
-		sess, err := s.store.GetSession(ctx, id)
+		sess, err := o.store.GetSession(ctx, id)
 		if err != nil {
 			return sess, err
 		}
@@ -461,29 +415,15 @@ func (s *Server) waitReady(ctx context.Context, id string) (store.Session, error
 		select {
 		case _, ok := <-sub.ch:
 			if !ok {
-				if s.draining.Load() {
+				if o.draining.Load() {
 					return sess, unavailable("lapd is shutting down")
 				}
-				sub = s.bus.subscribe(id) // dropped as slow: listen again
+				sub = o.bus.subscribe(id) // dropped as slow: listen again
 			}
 		case <-ctx.Done():
 			return sess, ctx.Err()
 		}
 	}
-}
-
-// readyErr says why a session that is no longer creating cannot take a
-// turn (nil when it can).
-func readyErr(sess store.Session, err error) error {
-	switch {
-	case err != nil:
-		return err
-	case sess.Status == api.SessionFailed:
-		return conflict("session %s failed: %s", sess.ID, sess.FailureReason)
-	case sess.Status == api.SessionDead:
-		return conflict("session %s has ended", sess.ID)
-	}
-	return nil
 }
 
 // modelRef turns "provider/model" into the harness's model reference.
@@ -526,16 +466,16 @@ type watcher struct {
 // watchTurn subscribes to the harness's events for tgt's session and
 // passes them to emit until session.idle. It returns nil (the turn goes on
 // without live events) if the harness does not confirm in time.
-func (s *Server) watchTurn(ctx context.Context, tgt target, emit func(protocol.Event)) *watcher {
+func (o *orchestrator) watchTurn(ctx context.Context, tgt target, emit func(protocol.Event)) *watcher {
 	wctx, cancel := context.WithCancel(ctx)
 	timeout := time.AfterFunc(5*time.Second, cancel)
-	es, err := s.harness.openEvents(wctx, tgt)
+	es, err := o.harness.openEvents(wctx, tgt)
 	if !timeout.Stop() || err != nil {
 		cancel()
 		if err == nil {
 			es.close()
 		}
-		s.log.Warn("no live events for this turn", "sandbox", tgt.sandboxID, "err", err)
+		o.log.Warn("no live events for this turn", "sandbox", tgt.sandboxID, "err", err)
 		return nil
 	}
 	w := &watcher{cancel: cancel, done: make(chan struct{})}

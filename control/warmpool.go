@@ -25,7 +25,7 @@ import (
 // manager reconciles when told something changed (kick) and every
 // warmTick, with at most warmConcurrency provisions at a time.
 type warmPool struct {
-	s       *Server
+	o       *orchestrator
 	recent  time.Duration
 	tick    time.Duration
 	kickCh  chan struct{}
@@ -53,9 +53,9 @@ const (
 	warmMaxBackoff  = 5 * time.Minute
 )
 
-func newWarmPool(s *Server) *warmPool {
+func newWarmPool(o *orchestrator) *warmPool {
 	return &warmPool{
-		s:       s,
+		o:       o,
 		recent:  warmRecentFor,
 		tick:    warmTick,
 		kickCh:  make(chan struct{}, 1),
@@ -85,7 +85,7 @@ func (p *warmPool) kick() {
 // target is how many warm sandboxes agent a should have now. p.mu is
 // held.
 func (p *warmPool) target(a store.Agent, now time.Time) int {
-	if p.s.cfg.LocalSandboxURL != "" {
+	if p.o.cfg.LocalSandboxURL != "" {
 		return 0 // one shared external harness: nothing to keep warm
 	}
 	last, ok := p.used[a.ID]
@@ -95,7 +95,7 @@ func (p *warmPool) target(a store.Agent, now time.Time) int {
 	if a.WarmPoolSize != nil {
 		return *a.WarmPoolSize
 	}
-	return p.s.cfg.WarmPoolSize
+	return p.o.cfg.WarmPoolSize
 }
 
 // run reconciles until ctx ends. Agents used recently before a restart
@@ -103,7 +103,7 @@ func (p *warmPool) target(a store.Agent, now time.Time) int {
 // as used.
 func (p *warmPool) run(ctx context.Context) {
 	if err := p.loadRecent(ctx); err != nil {
-		p.s.log.Warn("warm pool: find recently used agents", "err", err)
+		p.o.log.Warn("warm pool: find recently used agents", "err", err)
 	}
 	t := time.NewTicker(p.tick)
 	defer t.Stop()
@@ -125,7 +125,7 @@ func (p *warmPool) run(ctx context.Context) {
 // whole file in memory at every start. An agent whose sessions had all
 // gone idle before the restart gets its pool back at its next use.
 func (p *warmPool) loadRecent(ctx context.Context) error {
-	agents, err := p.s.store.AllAgents(ctx)
+	agents, err := p.o.store.AllAgents(ctx)
 	if err != nil {
 		return err
 	}
@@ -135,12 +135,12 @@ func (p *warmPool) loadRecent(ctx context.Context) error {
 		last[a.ID] = a.UpdatedAt
 	}
 	for _, status := range []string{api.SessionReady, api.SessionCreating} {
-		ids, err := p.s.store.SessionIDsByStatus(ctx, status)
+		ids, err := p.o.store.SessionIDsByStatus(ctx, status)
 		if err != nil {
 			return err
 		}
 		for _, id := range ids {
-			sess, err := p.s.store.GetSession(ctx, id)
+			sess, err := p.o.store.GetSession(ctx, id)
 			if err != nil {
 				continue // deleted meanwhile
 			}
@@ -167,17 +167,17 @@ func (p *warmPool) loadRecent(ctx context.Context) error {
 func (p *warmPool) reconcile(ctx context.Context) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	agents, err := p.s.store.AllAgents(ctx)
+	agents, err := p.o.store.AllAgents(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			p.s.log.Warn("warm pool: list agents", "err", err)
+			p.o.log.Warn("warm pool: list agents", "err", err)
 		}
 		return
 	}
-	warm, err := p.s.store.ListSandboxes(ctx, store.SandboxFilter{States: []string{store.SandboxWarm}})
+	warm, err := p.o.store.ListSandboxes(ctx, store.SandboxFilter{States: []string{store.SandboxWarm}})
 	if err != nil {
 		if ctx.Err() == nil {
-			p.s.log.Warn("warm pool: list warm sandboxes", "err", err)
+			p.o.log.Warn("warm pool: list warm sandboxes", "err", err)
 		}
 		return
 	}
@@ -216,7 +216,7 @@ func (p *warmPool) reconcile(ctx context.Context) {
 // session claimed it meanwhile: the state change is one transaction, like
 // the claim.
 func (p *warmPool) retire(ctx context.Context, sb store.Sandbox, reason string) {
-	taken, err := p.s.store.UpdateSandbox(ctx, sb.ID, func(x *store.Sandbox) error {
+	taken, err := p.o.store.UpdateSandbox(ctx, sb.ID, func(x *store.Sandbox) error {
 		if x.State != store.SandboxWarm {
 			return errNotWarm
 		}
@@ -225,11 +225,11 @@ func (p *warmPool) retire(ctx context.Context, sb store.Sandbox, reason string) 
 	})
 	if err != nil {
 		if !errors.Is(err, errNotWarm) && ctx.Err() == nil {
-			p.s.log.Warn("warm pool: retire sandbox", "sandbox", sb.ID, "err", err)
+			p.o.log.Warn("warm pool: retire sandbox", "sandbox", sb.ID, "err", err)
 		}
 		return
 	}
-	p.s.retireSandbox(taken, reason)
+	p.o.retireSandbox(taken, reason)
 }
 
 var errNotWarm = errors.New("sandbox is no longer warm")
@@ -243,7 +243,7 @@ func (p *warmPool) fill(ctx context.Context, a store.Agent, missing int) {
 	}
 	for n := missing - p.running[a.ID]; n > 0; n-- {
 		p.running[a.ID]++
-		p.s.goBackground(func(ctx context.Context) { p.provision(ctx, a) })
+		p.o.goBackground(func(ctx context.Context) { p.provision(ctx, a) })
 	}
 }
 
@@ -269,14 +269,14 @@ func (p *warmPool) provision(ctx context.Context, a store.Agent) {
 	}
 	defer func() { <-p.slots }()
 	// The agent may have changed or gone while this waited for a slot.
-	cur, err := p.s.store.GetAgent(ctx, a.ID)
+	cur, err := p.o.store.GetAgent(ctx, a.ID)
 	if err != nil || cur.Generation != a.Generation {
 		return
 	}
-	_, err = p.s.provisionWarm(ctx, cur)
+	_, err = p.o.provisionWarm(ctx, cur)
 	if err != nil {
 		if ctx.Err() == nil {
-			p.s.log.Warn("warm pool: provision", "agent", a.Name, "err", err)
+			p.o.log.Warn("warm pool: provision", "agent", a.Name, "err", err)
 		}
 		p.mu.Lock()
 		b := p.backoff[a.ID]

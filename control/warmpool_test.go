@@ -148,7 +148,7 @@ func TestNoWarmPoolWithALocalSandboxURL(t *testing.T) {
 	e := newEnv(t, envOptions{settings: map[string]string{"WARM_POOL_SIZE": "2", "LOCAL_SANDBOX_URL": "http://127.0.0.1:4096"}})
 	a := e.createAgent("shared", map[string]any{"warm_pool_size": 2})
 	// A reconcile ran for the new agent once the pool manager saw it.
-	e.srv.pool.reconcile(context.Background())
+	e.srv.o.pool.reconcile(context.Background())
 	assert.Empty(t, e.warmOf(a.ID))
 	assert.Zero(t, e.backend.Provisions())
 }
@@ -168,7 +168,7 @@ func TestWarmPoolBacksOffAfterFailures(t *testing.T) {
 	e.createAgent("broken", nil)
 	<-failed
 	for range 5 {
-		e.srv.pool.reconcile(context.Background())
+		e.srv.o.pool.reconcile(context.Background())
 	}
 	assert.Equal(t, int32(1), calls.Load(), "no retry before the backoff ends")
 }
@@ -202,9 +202,9 @@ func TestWarmPoolProvisionsANewGenerationAtOnceAfterAFailure(t *testing.T) {
 			if !updatedDuring {
 				<-failed
 				waitFor(t, "the failed provision to end", func() bool {
-					e.srv.pool.mu.Lock()
-					defer e.srv.pool.mu.Unlock()
-					return e.srv.pool.running[a.ID] == 0
+					e.srv.o.pool.mu.Lock()
+					defer e.srv.o.pool.mu.Unlock()
+					return e.srv.o.pool.running[a.ID] == 0
 				})
 			}
 			require.Equal(t, http.StatusOK, e.do(http.MethodPatch, "/agents/fixed", map[string]any{"prompt": "fixed"}, nil))

@@ -9,15 +9,17 @@ cd "$ROOT"
 
 # Harness images built from their Dockerfiles, named as in the harness
 # registry (sandboxes/harnesses.go), loaded straight into the node.
+# Each Dockerfile names its build context in its header: the opencode image
+# copies the adapter from claude-agent-sdk, so its context is sandboxes/.
 build_harness() {
-  local image=$1 context=$2
-  [[ -f "$context/Dockerfile" ]] || die "$context/Dockerfile not found"
+  local image=$1 dockerfile=$2 context=$3
+  [[ -f "$dockerfile" ]] || die "$dockerfile not found"
   log "building $image"
-  docker build -t "$image" "$context"
+  docker build -t "$image" -f "$dockerfile" "$context"
   kind load docker-image --name "$KIND_CLUSTER_NAME" "$image"
 }
-build_harness lap.dev/harness-claude-agent-sdk:latest sandboxes/claude-agent-sdk
-build_harness lap.dev/harness-opencode:latest sandboxes/opencode
+build_harness lap.dev/harness-claude-agent-sdk:latest sandboxes/claude-agent-sdk/Dockerfile sandboxes/claude-agent-sdk
+build_harness lap.dev/harness-opencode:latest sandboxes/opencode/Dockerfile sandboxes
 
 log "patching Knative's configuration for lap (config/deploy/knative-patches)"
 for f in config/deploy/knative-patches/config-*.yaml; do

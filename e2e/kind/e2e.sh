@@ -14,6 +14,36 @@ need kubectl kn curl jq
 agent="e2e-$(head -c 3 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 kn_() { kn --context "kind-${KIND_CLUSTER_NAME}" "$@"; }
 
+# shows PATTERN COMMAND...: runs COMMAND, prints its output to stderr and
+# succeeds if a line matches PATTERN. The output is captured first: piping
+# it through tee into grep -q fails under pipefail whenever grep stops
+# reading early (tee gets SIGPIPE), even on correct output; and a failing
+# COMMAND fails the check instead of being read as "no match".
+shows() {
+  local pattern=$1 out
+  shift
+  out="$("$@")" || return 1
+  printf '%s\n' "$out" >&2
+  grep -q -- "$pattern" <<<"$out"
+}
+
+# The idle timeout is shortened for this run only: cleanup puts back what
+# the deployment had (or removes the variable), so lapd does not keep
+# scaling everyone's sessions to zero after 20 s.
+idle_var='{.spec.template.spec.containers[0].env[?(@.name=="SESSION_IDLE_TIMEOUT")].value}'
+prev_idle="$(kctx get deployment/lapd -n "$LAP_SYSTEM" -o jsonpath="$idle_var")"
+forward=
+cleanup() {
+  curl -fsS -X DELETE -H "Authorization: Bearer ${MASTER_KEY:-}" "${api:-}/agents/${agent}" >/dev/null 2>&1 || true
+  if [[ -n "$forward" ]]; then kill "$forward" 2>/dev/null || true; fi
+  if [[ -n "$prev_idle" ]]; then
+    kctx set env deployment/lapd -n "$LAP_SYSTEM" "SESSION_IDLE_TIMEOUT=${prev_idle}" >/dev/null || true
+  else
+    kctx set env deployment/lapd -n "$LAP_SYSTEM" SESSION_IDLE_TIMEOUT- >/dev/null || true
+  fi
+}
+trap cleanup EXIT
+
 log "shortening lapd's idle timeout so the session scales to zero quickly"
 kctx set env deployment/lapd -n "$LAP_SYSTEM" SESSION_IDLE_TIMEOUT=20s
 kctx rollout status deployment/lapd -n "$LAP_SYSTEM" --timeout=180s
@@ -21,11 +51,6 @@ kctx rollout status deployment/lapd -n "$LAP_SYSTEM" --timeout=180s
 log "port-forwarding lapd to 127.0.0.1:${E2E_PORT}"
 kctx port-forward -n "$LAP_SYSTEM" svc/lapd "${E2E_PORT}:80" >/dev/null 2>&1 &
 forward=$!
-cleanup() {
-  curl -fsS -X DELETE -H "Authorization: Bearer ${MASTER_KEY:-}" "${api:-}/agents/${agent}" >/dev/null 2>&1 || true
-  kill "$forward" 2>/dev/null || true
-}
-trap cleanup EXIT
 
 MASTER_KEY="$(kctx get secret lapd -n "$LAP_SYSTEM" -o jsonpath='{.data.MASTER_KEY}' | base64 -d)"
 api="http://127.0.0.1:${E2E_PORT}/api/v1/managed_agents"
@@ -44,7 +69,7 @@ agent_id="$(call POST /agents "$(jq -n --arg n "$agent" --arg r "$E2E_REPO_URL" 
 [[ -n "$agent_id" && "$agent_id" != null ]] || die "agent not created"
 
 log "kn service list: the agent is a Knative Service"
-kn_ service list -n "$LAP_AGENTS" | tee /dev/stderr | grep -q "^${agent} " || die "kn service list does not show $agent"
+shows "^${agent} " kn_ service list -n "$LAP_AGENTS" || die "kn service list does not show $agent"
 
 log "creating a session and waiting until it is ready"
 session="$(call POST "/agents/${agent}/session" '{"title":"e2e"}' | jq -r .id)"
@@ -59,22 +84,27 @@ reply="$(call POST "/sessions/${session}/message" '{"text":"List the files in th
 jq -e '.info.role == "assistant" and (.info.error == null)' <<<"$reply" >/dev/null || die "bad reply: $reply"
 
 log "kn revision list: the session's revision $revision"
-kn_ revision list -n "$LAP_AGENTS" -s "$agent" | tee /dev/stderr | grep -q "^${revision} " || die "kn revision list does not show $revision"
+shows "^${revision} " kn_ revision list -n "$LAP_AGENTS" -s "$agent" || die "kn revision list does not show $revision"
 kn_ route describe "$agent" -n "$LAP_AGENTS"
 
-pods() { kctx get pods -n "$LAP_AGENTS" -l "serving.knative.dev/revision=${revision}" -o name 2>/dev/null | grep -c . || true; }
+# pods prints how many pods the session's revision has, and fails when
+# kubectl does, so an unreachable cluster never reads as "zero pods".
+pods() {
+  local out
+  out="$(kctx get pods -n "$LAP_AGENTS" -l "serving.knative.dev/revision=${revision}" -o name)" || return 1
+  grep -c . <<<"$out" || true
+}
 session_is() { [[ "$(call GET "/sessions/${session}" | jq -r .status)" == "$1" ]]; }
-no_pods() { [[ "$(pods)" == 0 ]]; }
-one_pod() { [[ "$(pods)" == 1 ]]; }
+has_pods() { local n; n="$(pods)" && [[ "$n" == "$1" ]]; }
 
 log "waiting for the session to go idle and its revision to scale to zero"
 until_true 300 "session $session to be idle" session_is idle
-until_true 300 "revision $revision to have no pods" no_pods
+until_true 300 "revision $revision to have no pods" has_pods 0
 
 log "the next message resumes it"
 reply="$(call POST "/sessions/${session}/message" '{"text":"And now?"}')"
 jq -e '.info.role == "assistant" and (.info.error == null)' <<<"$reply" >/dev/null || die "bad reply after resume: $reply"
-until_true 120 "revision $revision to run again" one_pod
+until_true 120 "revision $revision to run again" has_pods 1
 session_is ready || die "session $session is not ready after the resumed turn"
 
 log "e2e-kind passed: agent $agent, session $session, revision $revision"

@@ -5,6 +5,10 @@
 : "${KIND_CLUSTER_NAME:=lap}"
 : "${KNATIVE_VERSION:=1.15.2}"   # Knative Serving 1.15 = knative.dev/serving v0.42
 : "${KOURIER_VERSION:=1.15.1}"
+# Knative 1.15 needs Kubernetes 1.28 or newer; kind's default node image
+# follows kind's own release, so the node is pinned here.
+: "${KIND_NODE_IMAGE:=kindest/node:v1.30.4}"
+: "${KIND_INGRESS_PORT:=31080}"
 : "${LAP_SYSTEM:=lap-system}"
 : "${LAP_AGENTS:=lap-agents}"
 export KIND_CLUSTER_NAME

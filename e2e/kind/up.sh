@@ -10,17 +10,19 @@ need docker kind kubectl
 if kind get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER_NAME"; then
   log "kind cluster $KIND_CLUSTER_NAME exists"
 else
-  log "creating kind cluster $KIND_CLUSTER_NAME"
-  # Kourier's NodePort 31080 is published on the host's port 80, so
-  # http://<name>.127.0.0.1.sslip.io reaches the cluster's ingress.
-  kind create cluster --name "$KIND_CLUSTER_NAME" --wait 120s --config - <<'KIND'
+  log "creating kind cluster $KIND_CLUSTER_NAME ($KIND_NODE_IMAGE)"
+  # Kourier's NodePort 31080 is published on 127.0.0.1:$KIND_INGRESS_PORT
+  # (an unprivileged port, 31080 unless set), so
+  # http://<name>.127.0.0.1.sslip.io:$KIND_INGRESS_PORT reaches the
+  # cluster's ingress without taking the host's port 80.
+  kind create cluster --name "$KIND_CLUSTER_NAME" --image "$KIND_NODE_IMAGE" --wait 120s --config - <<KIND
 kind: Cluster
 apiVersion: kind.x-k8s.io/v1alpha4
 nodes:
   - role: control-plane
     extraPortMappings:
       - containerPort: 31080
-        hostPort: 80
+        hostPort: ${KIND_INGRESS_PORT}
         listenAddress: 127.0.0.1
 KIND
 fi
