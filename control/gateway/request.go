@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"unsafe"
 
 	"github.com/tidwall/gjson"
 )
@@ -57,7 +58,10 @@ func parseRequest(body []byte) (request, *apiError) {
 	if !isJSONObject(body) {
 		return request{}, errBadRequest("invalid_json", "the request body is not a JSON object")
 	}
-	doc := gjson.ParseBytes(body)
+	// Parsed in place: gjson.ParseBytes would copy the whole body (up to
+	// 32 MiB) into a string first. Nothing read from doc outlives this
+	// function but the model, which is cloned.
+	doc := gjson.Parse(unsafe.String(unsafe.SliceData(body), len(body)))
 	if aerr := checkKeys(doc, 0); aerr != nil {
 		return request{}, aerr
 	}
@@ -72,7 +76,7 @@ func parseRequest(body []byte) (request, *apiError) {
 	case m.Type != gjson.String:
 		return request{}, errBadRequest("invalid_model", "model must be a string")
 	}
-	r.model = m.Str
+	r.model = strings.Clone(m.Str)
 	if aerr := checkModelName(r.model); aerr != nil {
 		return request{}, aerr
 	}
