@@ -12,6 +12,10 @@ type GatewayConfig struct {
 	// UpstreamTimeout bounds one upstream LLM call, a streamed answer
 	// included, so a hung upstream cannot hold a sandbox's turn forever.
 	UpstreamTimeout time.Duration // LAP_LLM_TIMEOUT
+	// AllowUnpricedModels lets models missing from the price table through
+	// the gateway at $0. Off by default: their spending would count
+	// against no budget.
+	AllowUnpricedModels bool // LAP_ALLOW_UNPRICED_MODELS
 }
 
 var gatewaySettings = []Setting{
@@ -21,5 +25,8 @@ var gatewaySettings = []Setting{
 	}},
 	{"LAP_LLM_TIMEOUT", "10m", "longest one LLM call through the /llm gateway may take, streamed answers included", func(c *Config, v string) error {
 		return parseDuration(&c.Gateway.UpstreamTimeout, v)
+	}},
+	{"LAP_ALLOW_UNPRICED_MODELS", "false", "let sandboxes use models missing from the price table, at $0 (their spending then counts against no budget); by default the /llm gateway refuses them", func(c *Config, v string) error {
+		return parseBool(&c.Gateway.AllowUnpricedModels, v)
 	}},
 }

@@ -17,8 +17,8 @@ func TestGatewaySettings(t *testing.T) {
 		want GatewayConfig
 	}{
 		{"defaults", nil, GatewayConfig{UpstreamTimeout: 10 * time.Minute}},
-		{"set", map[string]string{"LAP_PRICES_FILE": "/etc/lap/prices.json", "LAP_LLM_TIMEOUT": "90s"},
-			GatewayConfig{PricesFile: "/etc/lap/prices.json", UpstreamTimeout: 90 * time.Second}},
+		{"set", map[string]string{"LAP_PRICES_FILE": "/etc/lap/prices.json", "LAP_LLM_TIMEOUT": "90s", "LAP_ALLOW_UNPRICED_MODELS": "true"},
+			GatewayConfig{PricesFile: "/etc/lap/prices.json", UpstreamTimeout: 90 * time.Second, AllowUnpricedModels: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -27,6 +27,7 @@ var (
 	errAborted          = errors.New("turn aborted")
 	errUnsupportedMedia = errors.New("unsupported media type")
 	errUnprocessable    = errors.New("unprocessable")
+	errTooLarge         = errors.New("request body too large")
 	errHarness          = errors.New("harness failure") // in or on the way to the harness
 	errUnavailable      = errors.New("unavailable")     // lapd is starting or stopping
 	errTimeout          = errors.New("timeout")

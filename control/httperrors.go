@@ -32,6 +32,7 @@ var kindStatus = []struct {
 	{errNotReady, http.StatusConflict, api.CodeConflict},
 	{errAborted, http.StatusConflict, api.CodeConflict},
 	{errUnsupportedMedia, http.StatusUnsupportedMediaType, api.CodeUnsupportedMedia},
+	{errTooLarge, http.StatusRequestEntityTooLarge, api.CodeTooLarge},
 	{errUnprocessable, http.StatusUnprocessableEntity, api.CodeUnprocessable},
 	{errHarness, http.StatusBadGateway, api.CodeHarness},
 	{errUnavailable, http.StatusServiceUnavailable, api.CodeUnavailable},

@@ -38,8 +38,8 @@ type RouteGroup struct {
 	// OwnAuth exempts the group from the master-key check: it
 	// authenticates its own callers (the gateway takes sandbox tokens).
 	OwnAuth bool
-	// BodyLimit raises the server's request body limit for this group's
-	// sake (LLM requests can exceed the API's 1 MiB); 0 keeps it.
+	// BodyLimit is the group's request body limit (LLM requests can
+	// exceed the API's 1 MiB); 0 keeps the API's.
 	BodyLimit int
 	// Register adds the group's routes to r (a router rooted at Prefix).
 	Register func(r fiber.Router)
@@ -84,6 +84,9 @@ type Server struct {
 	// pingInterval spaces SSE keep-alives (tests shorten it).
 	pingInterval time.Duration
 
+	// bodies enforces body limits per route and bytes in flight.
+	bodies *bodyLimiter
+
 	started atomic.Bool
 }
 
@@ -122,9 +125,9 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 
-	// The server reads bodies up to serverBodyLimit so that limitBody can
-	// answer an over-large API request with a clean 413 (fasthttp itself
-	// would reset the connection while the client is still sending).
+	// Bodies are streamed and read only after authentication, within
+	// limits bodyLimiter enforces (bodylimit.go); BodyLimit only bounds
+	// what fasthttp prefetches.
 	bodyLimit := serverBodyLimit
 	for _, g := range opts.Groups {
 		bodyLimit = max(bodyLimit, g.BodyLimit)
@@ -137,6 +140,11 @@ func New(opts Options) (*Server, error) {
 		DisableStartupMessage: true,
 		ReadTimeout:           time.Minute,
 		IdleTimeout:           2 * time.Minute,
+
+		StreamRequestBody: true,
+		// Multipart forms would be read (to temporary files) before any
+		// handler, authentication included; no route takes them.
+		DisablePreParseMultipartForm: true,
 	})
 	s.routes(reg, opts.Groups)
 	return s, nil
@@ -156,7 +164,10 @@ func (s *Server) routes(reg *prometheus.Registry, groups []RouteGroup) {
 			open = append(open, g.Prefix)
 		}
 	}
+	s.bodies = newBodyLimiter(groups)
+	app.Use(s.bodies.settle)
 	app.Use(s.authExcept(open))
+	app.Use(s.bodies.limit)
 
 	app.Get("/healthz", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"status": "ok"}) })
 	app.Get("/readyz", s.readyz)
@@ -165,7 +176,7 @@ func (s *Server) routes(reg *prometheus.Registry, groups []RouteGroup) {
 		g.Register(app.Group(g.Prefix))
 	}
 
-	v1 := app.Group(api.BasePath, s.limitBody)
+	v1 := app.Group(api.BasePath)
 	v1.Get("/harnesses", s.listHarnesses)
 	v1.Post("/agents", s.createAgent)
 	v1.Get("/agents", s.listAgents)
@@ -208,15 +219,6 @@ func (s *Server) authExcept(open []string) fiber.Handler {
 		}
 		return c.Next()
 	}
-}
-
-// limitBody holds the management API to 1 MiB bodies even when a route
-// group raised the server-wide limit.
-func (s *Server) limitBody(c *fiber.Ctx) error {
-	if len(c.Body()) > maxBodyBytes {
-		return fiber.ErrRequestEntityTooLarge
-	}
-	return c.Next()
 }
 
 func (s *Server) readyz(c *fiber.Ctx) error {

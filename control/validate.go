@@ -23,7 +23,7 @@ import (
 // Limits of what the API accepts.
 const (
 	maxBodyBytes    = 1 << 20 // every management request body
-	serverBodyLimit = 8 << 20 // read in full before the 1 MiB check
+	serverBodyLimit = 8 << 20 // fasthttp's limit; bodylimit.go enforces the real ones
 	maxNameLen      = 40      // agent names: also the Knative Service name
 	maxEnvVars      = 50
 	maxEnvBytes     = 16 << 10 // names plus values

@@ -7,8 +7,9 @@ import (
 )
 
 // ConfigOptions returns the Options that come from lapd's settings: the
-// upstream (LITELLM_API_BASE, LITELLM_API_KEY), LAP_LLM_TIMEOUT and the
-// prices (LAP_PRICES_FILE read now, so a bad file stops lapd at start-up).
+// upstream (LITELLM_API_BASE, LITELLM_API_KEY), LAP_LLM_TIMEOUT, the
+// prices (LAP_PRICES_FILE read now, so a bad file stops lapd at start-up)
+// and LAP_ALLOW_UNPRICED_MODELS.
 // The caller adds Tokens, Sandboxes, Usage, Budgets, Registerer and
 // Logger.
 func ConfigOptions(c config.Config) (Options, error) {
@@ -21,5 +22,7 @@ func ConfigOptions(c config.Config) (Options, error) {
 		UpstreamKey:  c.LiteLLMAPIKey,
 		Timeout:      c.Gateway.UpstreamTimeout,
 		Prices:       prices,
+
+		AllowUnpriced: c.Gateway.AllowUnpricedModels,
 	}, nil
 }

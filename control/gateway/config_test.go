@@ -22,6 +22,8 @@ func TestConfigOptions(t *testing.T) {
 		"LITELLM_API_KEY":  "sk-real",
 		"LAP_LLM_TIMEOUT":  "2m",
 		"LAP_PRICES_FILE":  prices,
+
+		"LAP_ALLOW_UNPRICED_MODELS": "true",
 	}
 	c, err := config.Load(func(k string) (string, bool) { v, ok := env[k]; return v, ok }, "")
 	require.NoError(t, err)
@@ -30,6 +32,7 @@ func TestConfigOptions(t *testing.T) {
 	assert.Equal(t, "http://litellm.internal:4000/v1", o.UpstreamBase)
 	assert.Equal(t, "sk-real", o.UpstreamKey)
 	assert.Equal(t, 2*time.Minute, o.Timeout)
+	assert.True(t, o.AllowUnpriced)
 	_, ok := o.Prices.Lookup("house-model")
 	assert.True(t, ok)
 

@@ -16,7 +16,8 @@ type dialect struct {
 	name string
 	// path is the upstream path, appended to the base URL.
 	path string
-	// billed requests are budget-checked and have their usage recorded.
+	// billed requests reserve their estimated cost and have their usage
+	// recorded; every request is budget-checked.
 	billed bool
 	// setKey puts the real upstream key on an upstream request.
 	setKey func(h http.Header, key string)
@@ -81,8 +82,10 @@ var anthropicMessages = &dialect{
 	newStream: func(bool) streamInspector { return &anthropicStream{} },
 }
 
-// anthropicCountTokens is Anthropic's token counting: free, so neither
-// budget-checked nor recorded, but it needs the real key all the same.
+// anthropicCountTokens is Anthropic's token counting: free, so not
+// recorded, but refused like any other request once the budget is spent
+// (it needs the real key all the same, and an agent out of budget has no
+// business with the upstream).
 var anthropicCountTokens = &dialect{
 	name:        "anthropic",
 	path:        "/v1/messages/count_tokens",

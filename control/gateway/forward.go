@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -34,45 +36,60 @@ const mockBase = "http://mock.invalid"
 func (g *Gateway) handleCompletion(d *dialect) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		ctx := c.UserContext()
+		// Authenticate before the body is read: lapd streams request
+		// bodies, so a caller without a token never gets one buffered.
 		who, aerr := g.authenticate(ctx, c)
 		if aerr != nil {
 			g.metrics.request("", "", aerr.status)
 			return g.fail(c, d, aerr)
 		}
-		body := c.Body()
-		if !isJSONObject(body) {
-			g.metrics.request(who.agentID, "", http.StatusBadRequest)
-			return g.fail(c, d, errBadRequest("invalid_json", "the request body is not a JSON object"))
+		// fasthttp's buffer, not Fiber's copy of it: a 32 MiB body is held
+		// once here and once in the clone that goes upstream.
+		body := c.Request().Body()
+		req, aerr := parseRequest(body)
+		if aerr != nil {
+			g.metrics.request(who.agentID, "", aerr.status)
+			return g.fail(c, d, aerr)
 		}
-		model := gjson.GetBytes(body, "model").String()
-		if model == "" {
-			g.metrics.request(who.agentID, "", http.StatusBadRequest)
-			return g.fail(c, d, errBadRequest("missing_model", "the request names no model"))
-		}
-		if d.billed {
-			if aerr := g.checkBudget(ctx, who); aerr != nil {
-				g.metrics.request(who.agentID, g.modelLabel(model), aerr.status)
-				g.log.Info("LLM request refused: budget spent", "agent", who.agentID, "session", who.sessionID, "model", model)
-				return g.fail(c, d, aerr)
-			}
-		}
+		model := req.model
+		label, price, priced := g.prices.entry(model)
 
 		base, client := g.upstream, g.client
 		if mockllm.IsMock(model) {
 			base, client = mockBase, g.mock
 		} else if base == "" {
-			g.metrics.request(who.agentID, g.modelLabel(model), http.StatusBadRequest)
+			g.metrics.request(who.agentID, label, http.StatusBadRequest)
 			return g.fail(c, d, errBadRequest("no_upstream", fmt.Sprintf(
 				"model %s needs an upstream LLM, but lapd has none: set LITELLM_API_BASE (and LITELLM_API_KEY) "+
 					"for lapd, or use a mock model (%s) for an offline demo", model, strings.Join(mockllm.Models(), ", "))))
+		}
+		if !priced && !g.allowUnpriced {
+			g.metrics.request(who.agentID, label, http.StatusBadRequest)
+			return g.fail(c, d, errBadRequest("model_not_priced", fmt.Sprintf(
+				"model %s has no price in lapd's price table, so what it spends could not count against budgets: "+
+					"add it to LAP_PRICES_FILE, or set LAP_ALLOW_UNPRICED_MODELS=true for lapd to let models without a price run at $0",
+				model)))
+		}
+
+		amount := 0.0
+		if d.billed {
+			amount = estimateUSD(price, len(body), req)
+		}
+		res, aerr := g.admit(ctx, who, amount)
+		if aerr != nil {
+			g.metrics.request(who.agentID, label, aerr.status)
+			g.logf(slog.LevelInfo, "LLM request refused: budget spent or reserved", "agent", who.agentID, "session", who.sessionID, "model", model)
+			if ra := retryAfter(aerr); ra != "" {
+				c.Set(fiber.HeaderRetryAfter, ra)
+			}
+			return g.fail(c, d, aerr)
 		}
 
 		// The body is fasthttp's, valid only until the handler returns, and
 		// the upstream call may outlive the handler (streams): copy it.
 		body = bytes.Clone(body)
 		dropUsageChunk := false
-		if d == openAI && gjson.GetBytes(body, "stream").Bool() &&
-			!gjson.GetBytes(body, "stream_options.include_usage").Bool() {
+		if d == openAI && req.stream && !req.includeUsage {
 			// Usage of a stream comes only in a last chunk the client asks
 			// for; ask for it, and keep it from a client that did not.
 			body, dropUsageChunk = withStreamUsage(body), true
@@ -83,24 +100,24 @@ func (g *Gateway) handleCompletion(d *dialect) fiber.Handler {
 		// cancel on a client disconnect anyway (the relay notices that).
 		// So the upstream call is bounded by LAP_LLM_TIMEOUT instead.
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.timeout)
-		req, err := http.NewRequestWithContext(uctx, http.MethodPost, base+d.path, bytes.NewReader(body))
+		upReq, err := http.NewRequestWithContext(uctx, http.MethodPost, base+d.path, bytes.NewReader(body))
 		if err != nil {
 			cancel()
+			res.release()
 			return g.fail(c, d, errInternal("build upstream request: "+err.Error()))
 		}
-		if q := c.Request().URI().QueryString(); len(q) > 0 {
-			req.URL.RawQuery = string(q)
-		}
-		copyRequestHeaders(req.Header, c)
+		upReq.URL.RawQuery = forwardQuery(c, completionQuery)
+		copyRequestHeaders(upReq.Header, c)
 		if g.key != "" && client != g.mock {
-			d.setKey(req.Header, g.key)
+			d.setKey(upReq.Header, g.key)
 		}
-		resp, err := client.Do(req)
+		resp, err := client.Do(upReq)
 		if err != nil {
 			cancel()
+			res.release()
 			aerr := g.upstreamError(uctx, err)
-			g.metrics.request(who.agentID, g.modelLabel(model), aerr.status)
-			g.log.Warn("LLM upstream call failed", "model", model, "err", err)
+			g.metrics.request(who.agentID, label, aerr.status)
+			g.logf(slog.LevelWarn, "LLM upstream call failed", "model", model, "err", err)
 			return g.fail(c, d, aerr)
 		}
 		c.Status(resp.StatusCode)
@@ -110,7 +127,7 @@ func (g *Gateway) handleCompletion(d *dialect) fiber.Handler {
 			c.Set(fiber.HeaderCacheControl, "no-cache")
 			c.Set("X-Accel-Buffering", "no")
 			insp := d.newStream(dropUsageChunk)
-			rec := g.recordFunc(ctx, d, who, model)
+			rec := g.recordFunc(ctx, d, who, model, label, price, priced, res)
 			c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 				defer cancel()
 				defer resp.Body.Close()
@@ -118,18 +135,18 @@ func (g *Gateway) handleCompletion(d *dialect) fiber.Handler {
 				switch {
 				case errors.Is(err, errClientGone):
 					cancel() // stop the upstream generating for nobody
-					g.log.Info("LLM stream client went away; upstream call cancelled", "model", model, "agent", who.agentID)
+					g.logf(slog.LevelInfo, "LLM stream client went away; upstream call cancelled", "model", model, "agent", who.agentID)
 				case err != nil:
 					aerr := g.upstreamError(uctx, err)
-					g.log.Warn("LLM upstream stream broke", "model", model, "err", err)
+					g.logf(slog.LevelWarn, "LLM upstream stream broke", "model", model, "err", err)
 					w.Write(d.streamError(aerr))
 					w.Flush()
 				}
 				u, ok := insp.usage()
-				if !ok {
-					g.log.Warn("LLM stream ended without usage", "model", model, "agent", who.agentID)
+				if !ok && d.billed {
+					g.logf(slog.LevelWarn, "LLM stream ended without usage: charged its reservation", "model", model, "agent", who.agentID)
 				}
-				rec(resp.StatusCode, u)
+				rec(resp.StatusCode, u, ok)
 			})
 			return nil
 		}
@@ -142,69 +159,61 @@ func (g *Gateway) handleCompletion(d *dialect) fiber.Handler {
 		}
 		if err != nil {
 			aerr := g.upstreamError(uctx, err)
-			g.metrics.request(who.agentID, g.modelLabel(model), aerr.status)
-			g.log.Warn("read LLM upstream answer", "model", model, "err", err)
+			if resp.StatusCode/100 == 2 {
+				// The upstream answered, and may have billed: charge the
+				// reservation.
+				g.recordFunc(ctx, d, who, model, label, price, priced, res)(aerr.status, Usage{}, false)
+			} else {
+				res.release()
+				g.metrics.request(who.agentID, label, aerr.status)
+			}
+			g.logf(slog.LevelWarn, "read LLM upstream answer", "model", model, "err", err)
 			c.Response().Header.Reset()
 			return g.fail(c, d, aerr)
 		}
 		if resp.StatusCode/100 == 2 {
-			u, _ := d.usage(answer)
-			g.recordFunc(ctx, d, who, model)(resp.StatusCode, u)
+			u, ok := d.usage(answer)
+			g.recordFunc(ctx, d, who, model, label, price, priced, res)(resp.StatusCode, u, ok)
 		} else {
-			g.metrics.request(who.agentID, g.modelLabel(model), resp.StatusCode)
-			g.log.Info("LLM upstream answered with an error", "model", model, "status", resp.StatusCode)
+			res.release()
+			g.metrics.request(who.agentID, label, resp.StatusCode)
+			g.logf(slog.LevelInfo, "LLM upstream answered with an error", "model", model, "status", resp.StatusCode)
 		}
 		return c.Send(answer)
 	}
 }
 
 // recordFunc returns the function that prices and records the usage of one
-// answered request. It runs after the handler has returned for streams,
-// so it captures what it needs now, and records with a context the
-// client's going away does not cancel: the tokens were spent all the same.
-func (g *Gateway) recordFunc(ctx context.Context, d *dialect, who caller, model string) func(status int, u Usage) {
+// answered request and settles its reservation. It runs after the handler
+// has returned for streams, so it captures what it needs now, and records
+// with a context the client's going away does not cancel: the tokens were
+// spent all the same. An answer without usage (seen false) is charged its
+// reservation. Requests that are not billed only release theirs.
+func (g *Gateway) recordFunc(ctx context.Context, d *dialect, who caller, model, label string, price Price, priced bool,
+	res *reservation) func(status int, u Usage, seen bool) {
 	ctx = context.WithoutCancel(ctx)
-	return func(status int, u Usage) {
-		g.metrics.request(who.agentID, model, status)
+	return func(status int, u Usage, seen bool) {
+		g.metrics.request(who.agentID, label, status)
 		if !d.billed {
+			res.release()
 			return
 		}
-		price, ok := g.prices.Lookup(model)
-		if !ok && (u.InputTokens > 0 || u.OutputTokens > 0) {
+		if !priced && (u.InputTokens > 0 || u.OutputTokens > 0) {
 			g.warnUnpriced(model)
 		}
 		u.CostUSD = price.Cost(u)
-		g.metrics.usage(who.agentID, model, u)
-		rctx, cancel := context.WithTimeout(ctx, recordTimeout)
-		defer cancel()
-		if err := g.usage.RecordUsage(rctx, who.sessionID, who.agentID, model, u); err != nil {
-			g.log.Error("record LLM usage", "agent", who.agentID, "session", who.sessionID, "model", model, "err", err)
+		if !seen {
+			u.CostUSD = max(u.CostUSD, res.amount)
 		}
+		g.metrics.usage(who.agentID, label, u)
+		res.settle(func() {
+			rctx, cancel := context.WithTimeout(ctx, recordTimeout)
+			defer cancel()
+			if err := g.usage.RecordUsage(rctx, who.sessionID, who.agentID, model, u); err != nil {
+				g.log.Error("record LLM usage", "agent", who.agentID, "session", who.sessionID, "model", model, "err", err)
+			}
+		})
 	}
-}
-
-// warnUnpriced logs, once per model, that usage of a model without a
-// price counts no cost (and so does not advance budgets).
-func (g *Gateway) warnUnpriced(model string) {
-	if _, seen := g.unpriced.LoadOrStore(model, true); !seen {
-		g.log.Warn("LLM model has no price: its usage is recorded at $0; add it to LAP_PRICES_FILE", "model", model)
-	}
-}
-
-// modelLabel is the metrics label of a model in a request that failed:
-// unknown names become "other", so a sandbox cannot grow the label set
-// without bound by asking for models that do not exist.
-func (g *Gateway) modelLabel(model string) string {
-	if _, ok := g.prices.Lookup(model); ok {
-		return model
-	}
-	return "other"
-}
-
-// isJSONObject reports whether body is one valid JSON object.
-func isJSONObject(body []byte) bool {
-	trimmed := bytes.TrimLeft(body, " \t\r\n")
-	return len(trimmed) > 0 && trimmed[0] == '{' && gjson.ValidBytes(body)
 }
 
 // withStreamUsage sets stream_options.include_usage in a JSON request.
@@ -236,23 +245,63 @@ func (g *Gateway) fail(c *fiber.Ctx, d *dialect, e *apiError) error {
 	return c.Status(e.status).Send(d.errorBody(e))
 }
 
-// dropRequestHeaders are not forwarded upstream: the sandbox's
-// credentials, hop-by-hop headers, and those the HTTP client sets itself.
-var dropRequestHeaders = map[string]bool{
-	"authorization": true, "x-api-key": true, "api-key": true, "proxy-authorization": true,
-	"cookie": true, "host": true, "content-length": true, "connection": true, "keep-alive": true,
-	"proxy-connection": true, "te": true, "trailer": true, "transfer-encoding": true, "upgrade": true,
-	// The client decompresses for us (and must, to read usage).
-	"accept-encoding": true,
+// forwardHeaders are the only request headers that go upstream: what the
+// wire formats need (the body's type, Anthropic's version and beta
+// features) and the SDKs' own descriptive headers. Everything else stays
+// behind — the sandbox's token, and above all headers that choose what
+// the real key bills or where it routes (OpenAI-Organization,
+// OpenAI-Project, LiteLLM's x-litellm-*), which a sandbox must not pick.
+var forwardHeaders = map[string]bool{
+	"content-type": true, "accept": true, "user-agent": true,
+	"anthropic-version": true, "anthropic-beta": true,
 }
+
+// forwardHeaderPrefixes are allowed by prefix: the Stainless-generated
+// SDKs' (OpenAI's, Anthropic's) description of themselves and their
+// retries.
+var forwardHeaderPrefixes = []string{"x-stainless-"}
 
 func copyRequestHeaders(h http.Header, c *fiber.Ctx) {
 	c.Request().Header.VisitAll(func(k, v []byte) {
 		name := string(k)
-		if !dropRequestHeaders[strings.ToLower(name)] {
+		lower := strings.ToLower(name)
+		ok := forwardHeaders[lower]
+		for _, p := range forwardHeaderPrefixes {
+			ok = ok || strings.HasPrefix(lower, p)
+		}
+		if ok {
 			h.Add(name, string(v))
 		}
 	})
+}
+
+// Query parameters that go upstream, per route; any other is dropped, as
+// a query can choose billing as a header can (Azure-style api-version,
+// LiteLLM's per-request settings).
+var (
+	// completionQuery: Anthropic's SDKs call beta features with ?beta=true.
+	completionQuery = map[string]bool{"beta": true}
+	// modelsQuery: the list's paging.
+	modelsQuery = map[string]bool{"beta": true, "limit": true, "after_id": true, "before_id": true}
+)
+
+// forwardQuery returns the request's query string with only the allowed
+// parameters.
+func forwardQuery(c *fiber.Ctx, allowed map[string]bool) string {
+	raw := c.Request().URI().QueryString()
+	if len(raw) == 0 {
+		return ""
+	}
+	q, err := url.ParseQuery(string(raw))
+	if err != nil {
+		return ""
+	}
+	for k := range q {
+		if !allowed[k] {
+			delete(q, k)
+		}
+	}
+	return q.Encode()
 }
 
 // dropResponseHeaders are not relayed to the client: hop-by-hop headers,

@@ -12,10 +12,19 @@
 //
 //	POST /v1/chat/completions        OpenAI chat completions, streamed or not
 //	POST /v1/messages                Anthropic messages, streamed or not
-//	POST /v1/messages/count_tokens   Anthropic token counting (not billed)
+//	POST /v1/messages/count_tokens   Anthropic token counting (budget-checked, not billed)
 //	GET  /v1/models                  upstream models plus the mock models
 //
 // /chat/completions and /models answer without the /v1 too.
+//
+// What is priced is what is forwarded: a request body is parsed once and
+// refused if another parser could read it differently (duplicate keys,
+// mistyped fields); models without a price are refused unless
+// LAP_ALLOW_UNPRICED_MODELS is set; requests in flight reserve their
+// estimated cost against the budget (see reserve.go); and only an
+// allow-list of headers and query parameters goes upstream, so a sandbox
+// cannot choose what the real key bills (OpenAI-Organization,
+// OpenAI-Project).
 package gateway
 
 import (
@@ -113,6 +122,10 @@ type Options struct {
 	Budgets BudgetReader
 	// Prices prices usage; nil uses DefaultPrices().
 	Prices *Prices
+	// AllowUnpriced lets requests for models missing from Prices through,
+	// at $0 (LAP_ALLOW_UNPRICED_MODELS); by default they are refused, as
+	// their spending would not count against any budget.
+	AllowUnpriced bool
 	// Registerer receives the gateway's Prometheus counters; nil keeps
 	// them unregistered.
 	Registerer prometheus.Registerer
@@ -133,11 +146,17 @@ type Gateway struct {
 	usage     UsageRecorder
 	budgets   BudgetReader
 	prices    *Prices
-	metrics   *metrics
-	log       *slog.Logger
-	client    *http.Client // upstream
-	mock      *http.Client // mock models, in-process
-	unpriced  sync.Map     // model → true, once warned that it has no price
+	// allowUnpriced is Options.AllowUnpriced.
+	allowUnpriced bool
+	metrics       *metrics
+	log           *slog.Logger
+	logLimit      logLimiter
+	client        *http.Client // upstream
+	mock          *http.Client // mock models, in-process
+	ledger        ledger       // reservations of requests in flight
+
+	unpricedMu sync.Mutex
+	unpriced   map[string]struct{} // models warned about, at most maxUnpricedWarnings
 }
 
 // New returns a Gateway, or an error if a required option is missing or
@@ -160,10 +179,13 @@ func New(opts Options) (*Gateway, error) {
 		usage:     opts.Usage,
 		budgets:   opts.Budgets,
 		prices:    opts.Prices,
-		metrics:   m,
-		log:       opts.Logger,
-		client:    &http.Client{Transport: opts.Transport},
-		mock:      &http.Client{Transport: mockllm.Transport{}},
+
+		allowUnpriced: opts.AllowUnpriced,
+		metrics:       m,
+		log:           opts.Logger,
+		client:        &http.Client{Transport: opts.Transport},
+		mock:          &http.Client{Transport: mockllm.Transport{}},
+		unpriced:      map[string]struct{}{},
 	}
 	if g.timeout <= 0 {
 		g.timeout = 10 * time.Minute
@@ -276,30 +298,6 @@ func (g *Gateway) authenticate(ctx context.Context, c *fiber.Ctx) (caller, *apiE
 		return caller{}, errAuth("invalid sandbox token: it names another agent than its sandbox serves")
 	}
 	return caller{sandboxID: claims.SandboxID, agentID: info.AgentID, sessionID: info.SessionID}, nil
-}
-
-// checkBudget refuses a caller whose session or agent has spent its
-// max_budget_usd.
-func (g *Gateway) checkBudget(ctx context.Context, who caller) *apiError {
-	if g.budgets == nil {
-		return nil
-	}
-	b, err := g.budgets.Budget(ctx, who.agentID, who.sessionID)
-	if err != nil {
-		g.log.Error("read budget for LLM gateway", "agent", who.agentID, "session", who.sessionID, "err", err)
-		return errInternal("read budget of agent " + short(who.agentID))
-	}
-	if who.sessionID != "" && b.SessionMaxUSD != nil && b.SessionSpentUSD >= *b.SessionMaxUSD {
-		return errBudget(fmt.Sprintf("budget exceeded: session %s spent %s of its %s limit (max_budget_usd); "+
-			"start a new session or raise the session's budget", short(who.sessionID),
-			usd(b.SessionSpentUSD, *b.SessionMaxUSD), usd(*b.SessionMaxUSD, b.SessionSpentUSD)))
-	}
-	if b.AgentMaxUSD != nil && b.AgentSpentUSD >= *b.AgentMaxUSD {
-		return errBudget(fmt.Sprintf("budget exceeded: agent %s spent %s of its %s limit (max_budget_usd); "+
-			"raise it with PATCH /agents/%s", short(who.agentID),
-			usd(b.AgentSpentUSD, *b.AgentMaxUSD), usd(*b.AgentMaxUSD, b.AgentSpentUSD), who.agentID))
-	}
-	return nil
 }
 
 // usd formats v in dollars with cents, or with more digits when v and

@@ -203,10 +203,10 @@ func TestForwardWholeAnswers(t *testing.T) {
 			tt.wantUsage.CostUSD = recs[0].Usage.CostUSD
 			assert.Equal(t, tt.wantUsage, recs[0].Usage)
 
-			assert.Equal(t, 1.0, counter(t, e, "lap_llm_requests_total", agentID, tt.model, "200"))
-			assert.Equal(t, float64(tt.wantUsage.InputTokens), counter(t, e, "lap_llm_input_tokens_total", agentID, tt.model))
-			assert.Equal(t, float64(tt.wantUsage.OutputTokens), counter(t, e, "lap_llm_output_tokens_total", agentID, tt.model))
-			assert.InDelta(t, tt.wantUsage.CostUSD, counter(t, e, "lap_llm_cost_usd_total", agentID, tt.model), 1e-12)
+			assert.Equal(t, 1.0, counter(t, e, "lap_llm_requests_total", agentID, priceEntry(tt.model), "200"))
+			assert.Equal(t, float64(tt.wantUsage.InputTokens), counter(t, e, "lap_llm_input_tokens_total", agentID, priceEntry(tt.model)))
+			assert.Equal(t, float64(tt.wantUsage.OutputTokens), counter(t, e, "lap_llm_output_tokens_total", agentID, priceEntry(tt.model)))
+			assert.InDelta(t, tt.wantUsage.CostUSD, counter(t, e, "lap_llm_cost_usd_total", agentID, priceEntry(tt.model)), 1e-12)
 		})
 	}
 }
@@ -254,7 +254,9 @@ func TestUpstreamErrorsKeepStatusAndMessage(t *testing.T) {
 				w.Header().Set("Retry-After", "7")
 				jsonAnswer(tt.status, tt.answer)(w, r)
 			})
-			e := newEnv(t, up.URL)
+			// claude-nope has no price: let it through for the upstream
+			// to refuse.
+			e := newEnv(t, up.URL, func(o *gateway.Options) { o.AllowUnpriced = true })
 			resp := e.post(t, tt.path, tt.body, "Authorization", "Bearer "+e.token)
 			assert.Equal(t, tt.answer, readAll(t, resp))
 			assert.Equal(t, tt.status, resp.StatusCode)
@@ -406,3 +408,7 @@ func counter(t *testing.T, e *env, name string, labels ...string) float64 {
 	}
 	return 0
 }
+
+// priceEntry is the metrics label of a model: the name of its price
+// table entry, without the provider prefix the request named.
+func priceEntry(model string) string { return strings.TrimPrefix(model, "anthropic/") }

@@ -7,8 +7,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// metrics are the gateway's Prometheus counters, labelled by agent id and
-// by the model the request named.
+// metrics are the gateway's Prometheus counters, labelled by agent id
+// (bounded by the agents that exist) and by the price table entry the
+// request's model found, a known mock model's name, or "other" (bounded by
+// the configuration, whatever names sandboxes send).
 type metrics struct {
 	requests     *prometheus.CounterVec
 	inputTokens  *prometheus.CounterVec

@@ -36,9 +36,7 @@ func (g *Gateway) handleModels(c *fiber.Ctx) error {
 	if err != nil {
 		return g.fail(c, d, errInternal("build upstream request: "+err.Error()))
 	}
-	if q := c.Request().URI().QueryString(); len(q) > 0 {
-		req.URL.RawQuery = string(q)
-	}
+	req.URL.RawQuery = forwardQuery(c, modelsQuery)
 	copyRequestHeaders(req.Header, c)
 	if g.key != "" {
 		d.setKey(req.Header, g.key)

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 
 	"lap.dev/lap/control/gateway/mockllm"
@@ -174,12 +175,24 @@ var snapshotSuffix = regexp.MustCompile(`(@.*|-\d{8}(-v\d+(:\d+)?)?|-\d{4}-\d{2}
 // LiteLLM's model names and the dated names upstreams answer with find
 // the entry of their model family.
 func (p *Prices) Lookup(model string) (Price, bool) {
+	_, price, ok := p.entry(model)
+	return price, ok
+}
+
+// entry is Lookup that also returns the name of the entry found: the
+// table's key, or the mock model's name ("other" for an unknown mock
+// model). Many request names find one entry, so the entry's name, not
+// the request's, is what metrics are labelled with.
+func (p *Prices) entry(model string) (string, Price, bool) {
 	if mockllm.IsMock(model) {
-		return Price{}, true
+		if slices.Contains(mockllm.Models(), model) {
+			return model, Price{}, true
+		}
+		return otherModel, Price{}, true
 	}
 	m := strings.ToLower(strings.TrimSpace(model))
 	if price, ok := p.byModel[m]; ok {
-		return price, true
+		return m, price, true
 	}
 	if i := strings.LastIndex(m, "/"); i >= 0 {
 		m = m[i+1:]
@@ -187,12 +200,16 @@ func (p *Prices) Lookup(model string) (Price, bool) {
 	m = strings.TrimPrefix(m, "anthropic.")
 	m = strings.TrimPrefix(m, "us.anthropic.")
 	if price, ok := p.byModel[m]; ok {
-		return price, true
+		return m, price, true
 	}
 	if s := snapshotSuffix.ReplaceAllString(m, ""); s != m {
 		if price, ok := p.byModel[s]; ok {
-			return price, true
+			return s, price, true
 		}
 	}
-	return Price{}, false
+	return otherModel, Price{}, false
 }
+
+// otherModel is the metrics label of every model without an entry of its
+// own in the price table.
+const otherModel = "other"

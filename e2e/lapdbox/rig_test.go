@@ -149,6 +149,7 @@ func newRig(t testing.TB, opts rigOptions) *rig {
 		"HARNESS_IMAGE_LAP=" + box.HarnessImage,
 		"LITELLM_API_BASE=" + r.llm.URL(),
 		"LITELLM_API_KEY=" + upstreamKey,
+		"LAP_ALLOW_UNPRICED_MODELS=true", // fake-model has no price
 		"WARM_POOL_SIZE=0",
 		"SESSION_IDLE_TIMEOUT=" + idle.String(),
 	}

@@ -191,6 +191,9 @@ func New(t testing.TB, settings map[string]string) *Platform {
 		"LAP_SANDBOX_GATEWAY_URL": llm.URL(),
 		"LOCAL_STOP_GRACE":        "5s",
 		"PATH":                    os.Getenv("PATH"),
+
+		// The fake LLM's test/model has no price.
+		"LAP_ALLOW_UNPRICED_MODELS": "true",
 	}}
 	for k, v := range settings {
 		if v == "" {
