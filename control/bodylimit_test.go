@@ -20,6 +20,7 @@ import (
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/control/gateway"
 	"lap.dev/lap/control/sandboxtoken"
+	"lap.dev/lap/internal/waitfor"
 )
 
 // noSandboxes knows no sandbox: every gateway token is refused.
@@ -195,7 +196,7 @@ func TestBodyBytesInFlightAreBounded(t *testing.T) {
 			assert.Equal(t, http.StatusOK, status, "body %s", got)
 		}()
 	}
-	waitFor(t, "two requests in their handler", func() bool { return arrived.Load() == 2 })
+	waitfor.Cond(t, "two requests in their handler", func() bool { return arrived.Load() == 2 })
 	status, got := e.postBody(t, "/slow", body, false)
 	assert.Equal(t, http.StatusServiceUnavailable, status, "body %s", got)
 	assert.Contains(t, got, "retry shortly")
