@@ -1,0 +1,128 @@
+package ttyharness
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+)
+
+// tmuxConf is the tmux configuration of the tool's server. It makes tmux
+// invisible: no status line (the terminal is the tool's alone), no prefix
+// key and no key bindings (every key goes to the tool; detaching is the
+// client closing its socket), no escape delay (Esc reaches the TUI at
+// once), and the window sized by the client that was active last.
+const tmuxConf = `set -g status off
+set -g prefix None
+set -g prefix2 None
+unbind-key -a
+set -s escape-time 0
+set -s extended-keys on
+set -g focus-events on
+set -g history-limit 10000
+set -g window-size latest
+set -g remain-on-exit off
+set -g exit-empty on
+set -g mouse off
+`
+
+// tmux runs tmux commands against the harness's private socket.
+type tmux struct {
+	bin    string
+	socket string
+	conf   string
+	log    *slog.Logger
+}
+
+// writeConf writes tmuxConf where every tmux command reads it.
+func (t *tmux) writeConf() error {
+	if err := os.WriteFile(t.conf, []byte(tmuxConf), 0o600); err != nil {
+		return fmt.Errorf("write tmux configuration: %w", err)
+	}
+	return nil
+}
+
+// args is the command line of a tmux command on the private socket.
+func (t *tmux) args(args ...string) []string {
+	return append([]string{"-S", t.socket, "-f", t.conf}, args...)
+}
+
+// run runs one tmux command with env (which a tmux server it starts
+// passes on to the tool) and returns its error with tmux's message.
+func (t *tmux) run(ctx context.Context, env []string, args ...string) error {
+	cmd := exec.CommandContext(ctx, t.bin, t.args(args...)...)
+	cmd.Env = env
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		if msg := strings.TrimSpace(out.String()); msg != "" {
+			return fmt.Errorf("tmux %s: %s (%w)", args[0], msg, err)
+		}
+		return fmt.Errorf("tmux %s: %w", args[0], err)
+	}
+	return nil
+}
+
+// newSession starts the detached session SessionName running argv in dir
+// unless it exists already (new-session -A). The tmux server, when this
+// starts it, takes env as its environment, so the tool gets env and no
+// secret of the harness.
+func (t *tmux) newSession(ctx context.Context, dir string, env []string, cols, rows int, argv []string) error {
+	args := []string{"new-session", "-A", "-d", "-s", SessionName,
+		"-x", strconv.Itoa(cols), "-y", strconv.Itoa(rows), "-c", dir, "--"}
+	return t.run(ctx, env, append(args, argv...)...)
+}
+
+// hasSession reports whether the tool's session exists.
+func (t *tmux) hasSession(ctx context.Context) bool {
+	return t.run(ctx, nil, "has-session", "-t", SessionName) == nil
+}
+
+// killServer ends the tmux server, its session and the tool.
+func (t *tmux) killServer(ctx context.Context) {
+	if err := t.run(ctx, nil, "kill-server"); err != nil {
+		t.log.Debug("kill tmux server", "err", err)
+	}
+}
+
+// waitSession blocks until the tool's session ends, or ctx does. It
+// attaches a control-mode client (tmux -C) that asks for no output and
+// does not size the window; tmux ends such a client when its session
+// ends, so waiting needs no polling.
+func (t *tmux) waitSession(ctx context.Context) error {
+	cmd := exec.CommandContext(ctx, t.bin, t.args("-C", "attach-session", "-t", SessionName, "-f", "no-output,ignore-size,read-only")...)
+	// A control client ends when its input does; keep it open until
+	// the client is done.
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return fmt.Errorf("watch tmux session: %w", err)
+	}
+	defer stdin.Close()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return fmt.Errorf("watch tmux session: %w", err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("watch tmux session: %w", err)
+	}
+	_, _ = io.Copy(io.Discard, stdout)
+	if err := cmd.Wait(); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("watch tmux session: %s (%w)", strings.TrimSpace(stderr.String()), err)
+	}
+	return nil
+}
+
+// attachCommand is a tmux client attached to the tool's session, to be
+// run on a pseudo-terminal of its own.
+func (t *tmux) attachCommand(ctx context.Context, env []string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, t.bin, t.args("attach-session", "-t", SessionName)...)
+	cmd.Env = env
+	return cmd
+}
