@@ -16,7 +16,10 @@ import (
 // invisible: no status line (the terminal is the tool's alone), no prefix
 // key and no key bindings (every key goes to the tool; detaching is the
 // client closing its socket), no escape delay (Esc reaches the TUI at
-// once), and the window sized by the client that was active last.
+// once), the window sized by the client that was active last, and the
+// server kept when the tool's session ends, so the session can be started
+// again at once (a server that is exiting would take the new session down
+// with it).
 const tmuxConf = `set -g status off
 set -g prefix None
 set -g prefix2 None
@@ -27,7 +30,7 @@ set -g focus-events on
 set -g history-limit 10000
 set -g window-size latest
 set -g remain-on-exit off
-set -g exit-empty on
+set -g exit-empty off
 set -g mouse off
 `
 
@@ -69,13 +72,21 @@ func (t *tmux) run(ctx context.Context, env []string, args ...string) error {
 }
 
 // newSession starts the detached session SessionName running argv in dir
-// unless it exists already (new-session -A). The tmux server, when this
-// starts it, takes env as its environment, so the tool gets env and no
-// secret of the harness.
+// unless it exists already. (new-session -A is no help here: for an
+// existing session it attaches, which needs a terminal.) The tmux server,
+// when this starts it, takes env as its environment, so the tool gets env
+// and no secret of the harness.
 func (t *tmux) newSession(ctx context.Context, dir string, env []string, cols, rows int, argv []string) error {
-	args := []string{"new-session", "-A", "-d", "-s", SessionName,
+	if t.hasSession(ctx) {
+		return nil
+	}
+	args := []string{"new-session", "-d", "-s", SessionName,
 		"-x", strconv.Itoa(cols), "-y", strconv.Itoa(rows), "-c", dir, "--"}
-	return t.run(ctx, env, append(args, argv...)...)
+	err := t.run(ctx, env, append(args, argv...)...)
+	if err != nil && strings.Contains(err.Error(), "duplicate session") {
+		return nil // started meanwhile by another caller
+	}
+	return err
 }
 
 // hasSession reports whether the tool's session exists.
