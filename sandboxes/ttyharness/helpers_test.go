@@ -250,8 +250,18 @@ func get(t testing.TB, base, path, tok string, out any) int {
 func waitReady(t testing.TB, base string, d time.Duration, diag func() string) {
 	t.Helper()
 	deadline := time.Now().Add(d)
+	probe := func() bool {
+		req, _ := http.NewRequest("GET", base+"/session", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false // not listening yet
+		}
+		res.Body.Close()
+		return res.StatusCode == http.StatusOK
+	}
 	for {
-		if get(t, base, "/session", token, nil) == http.StatusOK {
+		if probe() {
 			return
 		}
 		if time.Now().After(deadline) {
