@@ -147,6 +147,9 @@ func configureCodex(s *Server) error {
 	b.WriteString("approval_policy = \"never\"\n")
 	b.WriteString("sandbox_mode = \"danger-full-access\"\n")
 	b.WriteString("check_for_update_on_startup = false\n")
+	// Keystrokes arrive in bursts over the network (lapd's relay); Codex
+	// would take a burst ending in Enter for a paste with a newline.
+	b.WriteString("disable_paste_burst = true\n")
 	if s.cfg.AgentPrompt != "" {
 		fmt.Fprintf(&b, "developer_instructions = %s\n", tomlString(s.cfg.AgentPrompt))
 	}

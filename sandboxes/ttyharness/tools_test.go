@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -215,4 +216,83 @@ func TestClaudeCode(t *testing.T) {
 	require.Equal(t, http.StatusOK, get(t, p.url, "/", "", &identity))
 	assert.Equal(t, "claude-code", identity.Harness)
 	assert.True(t, identity.Running)
+}
+
+// codexEdit is the shell call that makes the README edit, in whichever
+// shell tool this Codex offers.
+func codexEdit(names []string) fakellm.ToolCall {
+	const script = "sed -i 's/hello world/hello from the agent/' README.md"
+	switch {
+	case slices.Contains(names, "exec_command"):
+		return fakellm.Call("exec_command", map[string]any{"cmd": script})
+	case slices.Contains(names, "shell_command"):
+		return fakellm.Call("shell_command", map[string]any{"command": script})
+	default:
+		return fakellm.Call("shell", map[string]any{"command": []string{"bash", "-lc", script}})
+	}
+}
+
+// TestCodex runs Codex in the terminal harness as TestClaudeCode runs
+// Claude Code; Codex speaks the Responses API (POST /v1/responses).
+func TestCodex(t *testing.T) {
+	t.Parallel()
+	bin := launcher(t, "lap-harness-codex")
+	f := fakellm.Start(t)
+	f.Respond(func(r fakellm.Request) fakellm.Reply {
+		isFix, step := turn(r)
+		switch {
+		case len(r.Tools) == 0 || !isFix:
+			return fakellm.Text("ok")
+		case step == 0:
+			return fakellm.CallTools(codexEdit(r.ToolNames()))
+		default:
+			return fakellm.Reply{Text: reply, Chunks: 1}
+		}
+	})
+	p := startProcess(t, bin,
+		"REPO_URL="+gitRepo(t),
+		"BRANCH=main",
+		"AGENT_PROMPT=You are a careful engineer.",
+		"LAP_MODEL=gpt-5",
+		"LITELLM_API_BASE="+f.URL()+"/llm",
+		"LITELLM_API_KEY=lapsb_stub",
+		"OPENAI_API_KEY=must-not-be-used",
+	)
+	readme := filepath.Join(p.ws, "repo", "README.md")
+
+	began := time.Now()
+	tm := dial(t, p.url, token, false)
+	tm.resize(110, 35)
+	tm.waitFor("Ask Codex to do anything", 1, 2*time.Minute)
+	t.Logf("attach → Codex's prompt: %s", time.Since(began).Round(time.Millisecond))
+
+	mark := tm.mark()
+	tm.send(fixPrompt + " please")
+	tm.waitAfter(mark, fixPrompt, 30*time.Second)
+	tm.send("\r")
+	tm.waitFor(reply, 1, 2*time.Minute)
+
+	reqs := f.Requests()
+	require.NotEmpty(t, reqs)
+	main := reqs[0]
+	for _, r := range reqs {
+		if isFix, _ := turn(r); isFix {
+			main = r
+			break
+		}
+	}
+	t.Logf("Codex offers the tools %v", main.ToolNames())
+	assert.Equal(t, fakellm.FormatOpenAIResponses, main.Format)
+	assert.Equal(t, "/llm/v1/responses", main.Path)
+	assert.Equal(t, "Bearer lapsb_stub", main.Header.Get("Authorization"))
+	assert.Equal(t, "gpt-5", main.Model)
+	assert.Contains(t, main.SystemText(), "You are a careful engineer.")
+
+	onDisk, err := os.ReadFile(readme)
+	require.NoError(t, err)
+	assert.Equal(t, "# demo\nhello from the agent\n", string(onDisk), "Codex's shell tool changed the repo")
+
+	tm.close()
+	again := dial(t, p.url, token, true)
+	again.waitFor(reply, 1, 30*time.Second)
 }
