@@ -174,10 +174,15 @@ func (tm *term) mark() int {
 	return tm.out.Len()
 }
 
-// waitAfter waits until output after mark shows want.
-func (tm *term) waitAfter(mark int, want string, d time.Duration) time.Duration {
+// waitAfter waits until output after mark shows want and returns how long
+// that took from calling it, or from calling first, when given (e.g. the
+// keystroke whose echo is awaited).
+func (tm *term) waitAfter(mark int, want string, d time.Duration, first ...func()) time.Duration {
 	tm.t.Helper()
 	began := time.Now()
+	for _, fn := range first {
+		fn()
+	}
 	want = plain(want)
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()

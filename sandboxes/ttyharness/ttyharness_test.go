@@ -39,7 +39,7 @@ type inProcess struct {
 	done chan error
 }
 
-func startInProcess(t *testing.T) *inProcess {
+func startInProcess(t testing.TB) *inProcess {
 	t.Helper()
 	ws := shortTempDir(t)
 	bin := filepath.Join(t.TempDir(), "fake-claude")
