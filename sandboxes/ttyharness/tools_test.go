@@ -56,16 +56,23 @@ func (s *syncBuffer) String() string {
 
 // process is a terminal harness run as its own process.
 type process struct {
-	url string
-	ws  string
-	out *syncBuffer
+	url  string
+	ws   string
+	out  *syncBuffer
+	stop func() // SIGTERM, wait, and the tmux server gone
 }
 
 // startProcess runs the launcher with the sandbox environment lapd gives
 // and waits until the tool runs in tmux.
 func startProcess(t *testing.T, bin string, env ...string) *process {
 	t.Helper()
-	ws := shortTempDir(t)
+	return startProcessIn(t, bin, shortTempDir(t), env...)
+}
+
+// startProcessIn is startProcess on a given workspace, e.g. one an
+// earlier harness left (a sandbox resumed after scaling to zero).
+func startProcessIn(t *testing.T, bin, ws string, env ...string) *process {
+	t.Helper()
 	port := freePort(t)
 	cmd := exec.Command(bin)
 	cmd.Env = append(os.Environ(),
@@ -84,17 +91,23 @@ func startProcess(t *testing.T, bin string, env ...string) *process {
 		_ = cmd.Wait()
 		close(exited)
 	}()
+	var once sync.Once
+	p.stop = func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(30 * time.Second):
+				t.Errorf("harness ignored SIGTERM for 30s")
+				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				<-exited
+			}
+			// The tmux server is a daemon of its own; make sure it is gone.
+			_, _ = tmuxOut(t, filepath.Join(ws, ".lap", "tmux.sock"), "kill-server")
+		})
+	}
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			t.Errorf("harness ignored SIGTERM for 30s")
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-		// The tmux server is a daemon of its own; make sure it is gone.
-		_, _ = tmuxOut(t, filepath.Join(ws, ".lap", "tmux.sock"), "kill-server")
+		p.stop()
 		if t.Failed() {
 			t.Logf("harness output:\n%s", p.out.String())
 		}
@@ -148,15 +161,16 @@ func TestClaudeCode(t *testing.T) {
 			return fakellm.Reply{Text: reply, Chunks: 1}
 		}
 	})
-	p := startProcess(t, bin,
-		"REPO_URL="+gitRepo(t),
+	env := []string{
+		"REPO_URL=" + gitRepo(t),
 		"BRANCH=main",
 		"AGENT_PROMPT=You are a careful engineer.",
 		"LAP_MODEL=anthropic/claude-sonnet-4-5",
-		"LITELLM_API_BASE="+f.URL()+"/llm",
+		"LITELLM_API_BASE=" + f.URL() + "/llm",
 		"LITELLM_API_KEY=lapsb_stub",
 		"ANTHROPIC_API_KEY=must-not-be-used",
-	)
+	}
+	p := startProcess(t, bin, env...)
 	readme = filepath.Join(p.ws, "repo", "README.md")
 
 	began := time.Now()
@@ -216,6 +230,17 @@ func TestClaudeCode(t *testing.T) {
 	require.Equal(t, http.StatusOK, get(t, p.url, "/", "", &identity))
 	assert.Equal(t, "claude-code", identity.Harness)
 	assert.True(t, identity.Running)
+
+	// The sandbox stops (scaled to zero) and a new harness starts on its
+	// workspace: Claude Code continues the conversation, which it shows.
+	again.close()
+	p.stop()
+	resumed := startProcessIn(t, bin, p.ws, env...)
+	cmdline, err := tmuxOut(t, socket, "display-message", "-p", "-t", "lap", "#{pane_start_command}")
+	require.NoError(t, err)
+	assert.Contains(t, cmdline, "--continue")
+	third := dial(t, resumed.url, token, false)
+	third.waitFor(reply, 1, 2*time.Minute)
 }
 
 // codexEdit is the shell call that makes the README edit, in whichever
