@@ -33,6 +33,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -114,7 +115,8 @@ type Identity struct {
 	Tool string `json:"tool"`
 	// TTY is always true: the harness serves GET /tty.
 	TTY bool `json:"tty"`
-	// Running is true while the tool's tmux session exists.
+	// Running is true while the tool's tmux session exists (false for a
+	// moment while a tool that exited is started again).
 	Running bool `json:"running"`
 }
 
@@ -146,6 +148,7 @@ type Server struct {
 	failed   string // the failed preparation
 	progress string // the latest progress message
 
+	running    atomic.Bool // the tool's tmux session exists, as the supervisor saw
 	attached   atomic.Int64
 	lastInput  atomic.Int64 // unix nanos
 	lastAttach atomic.Int64 // unix nanos
@@ -311,6 +314,13 @@ func (s *Server) prepare(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A missing CLI would only show as a terminal that keeps ending.
+	if _, err := exec.LookPath(s.cfg.ToolBin); err != nil {
+		return fmt.Errorf("%s's CLI: %w (run make build, or set LAP_TTY_TOOL_BIN)", s.cfg.Tool, err)
+	}
+	if _, err := exec.LookPath(s.cfg.TmuxBin); err != nil {
+		return fmt.Errorf("tmux: %w", err)
+	}
 	if err := os.MkdirAll(s.home, 0o700); err != nil {
 		return fmt.Errorf("create the tool's home: %w", err)
 	}
@@ -368,11 +378,13 @@ func (s *Server) supervise(ctx context.Context) {
 			s.log.Error("start the tool's tmux session", "err", err)
 			s.setProgress("starting " + s.cfg.Tool + ": " + err.Error())
 		} else {
+			s.running.Store(true)
 			s.setReady()
 			// Blocks until the session ends (the tool exited or was killed).
 			if err := s.tmux.waitSession(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("watching the tool's tmux session", "err", err)
 			}
+			s.running.Store(false)
 			if ctx.Err() != nil {
 				return
 			}
@@ -459,7 +471,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 
 // serveIdentity is GET /: who this harness is and whether its tool runs.
 // It needs no token, so a failed clone can be diagnosed.
-func (s *Server) serveIdentity(w http.ResponseWriter, r *http.Request) {
+func (s *Server) serveIdentity(w http.ResponseWriter, _ *http.Request) {
 	ready, failed, _ := s.status()
 	writeJSON(w, http.StatusOK, Identity{
 		Identity: protocol.Identity{
@@ -471,7 +483,7 @@ func (s *Server) serveIdentity(w http.ResponseWriter, r *http.Request) {
 		},
 		Tool:    s.cfg.Tool,
 		TTY:     true,
-		Running: ready && s.tmux.hasSession(r.Context()),
+		Running: s.running.Load(),
 	})
 }
 

@@ -222,3 +222,32 @@ func TestShutdownEndsTool(t *testing.T) {
 	_, err := tmuxOut(t, h.srv.Socket(), "has-session", "-t", "lap")
 	assert.Error(t, err, "no tmux session after shutdown")
 }
+
+// TestMissingCLI checks that a harness whose tool is not installed says so
+// at GET / and on the readiness probe instead of looking ready.
+func TestMissingCLI(t *testing.T) {
+	t.Parallel()
+	srv, err := ttyharness.New(ttyharness.Config{
+		Tool:       ttyharness.ToolCodex,
+		ToolBin:    filepath.Join(t.TempDir(), "no-codex"),
+		AuthToken:  token,
+		Workspace:  shortTempDir(t),
+		LLMBaseURL: "http://127.0.0.1:1/llm",
+	})
+	require.NoError(t, err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-done })
+	url := "http://" + ln.Addr().String()
+	var id ttyharness.Identity
+	waitUntil(t, 30*time.Second, "GET / reports the failure", func() bool {
+		return get(t, url, "/", "", &id) == http.StatusOK && id.Error != ""
+	})
+	assert.Contains(t, id.Error, "codex's CLI")
+	assert.False(t, id.Ready)
+	assert.Equal(t, http.StatusServiceUnavailable, get(t, url, "/session", token, nil))
+	assert.Equal(t, http.StatusServiceUnavailable, get(t, url, "/tty", token, nil))
+}
