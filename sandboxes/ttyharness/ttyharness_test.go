@@ -19,9 +19,11 @@ import (
 
 // fakeTool is a terminal program standing in for Claude Code: it shows
 // its terminal size, what it can see of the sandbox's secrets and its
-// arguments, echoes each line typed, and exits on "exit".
+// arguments and how often it was started, echoes each line typed, and
+// exits on "exit".
 const fakeTool = `#!/bin/sh
-echo "fake tool ready size=$(stty size | tr ' ' x) secrets=${HARNESS_AUTH_TOKEN:-none}/${LITELLM_API_KEY:-none}/${GIT_TOKEN:-none} auth=$ANTHROPIC_AUTH_TOKEN home=$HOME args=$*"
+run=$(( $(cat "$HOME/runs" 2>/dev/null || echo 0) + 1 )); echo $run > "$HOME/runs"
+echo "fake tool ready size=$(stty size | tr ' ' x) run=$run secrets=${HARNESS_AUTH_TOKEN:-none}/${LITELLM_API_KEY:-none}/${GIT_TOKEN:-none} auth=$ANTHROPIC_AUTH_TOKEN home=$HOME args=$*"
 while IFS= read -r line; do
   [ "$line" = exit ] && exit 0
   [ "$line" = size ] && echo "size=$(stty size | tr ' ' x)"
@@ -181,9 +183,8 @@ func TestTerminal(t *testing.T) {
 	again.waitFor("echo:hello there", 1, 30*time.Second)
 
 	// The tool exits: the same client sees it start again.
-	mark := again.mark()
 	again.send("exit\r")
-	again.waitAfter(mark, "fake tool ready", 60*time.Second)
+	again.waitFor("run=2", 1, 60*time.Second)
 	again.send("back\r")
 	again.waitFor("echo:back", 1, 30*time.Second)
 
