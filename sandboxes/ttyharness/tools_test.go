@@ -2,6 +2,7 @@ package ttyharness_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -274,15 +275,16 @@ func TestCodex(t *testing.T) {
 			return fakellm.Reply{Text: reply, Chunks: 1}
 		}
 	})
-	p := startProcess(t, bin,
-		"REPO_URL="+gitRepo(t),
+	env := []string{
+		"REPO_URL=" + gitRepo(t),
 		"BRANCH=main",
 		"AGENT_PROMPT=You are a careful engineer.",
 		"LAP_MODEL=gpt-5",
-		"LITELLM_API_BASE="+f.URL()+"/llm",
+		"LITELLM_API_BASE=" + f.URL() + "/llm",
 		"LITELLM_API_KEY=lapsb_stub",
 		"OPENAI_API_KEY=must-not-be-used",
-	)
+	}
+	p := startProcess(t, bin, env...)
 	readme := filepath.Join(p.ws, "repo", "README.md")
 
 	began := time.Now()
@@ -294,7 +296,21 @@ func TestCodex(t *testing.T) {
 	mark := tm.mark()
 	tm.send(fixPrompt + " please")
 	tm.waitAfter(mark, fixPrompt, 30*time.Second)
-	tm.send("\r")
+	// Codex shows its composer while it is still starting up, and then
+	// takes Enter for "queue this message" (tab) and does nothing, as a
+	// person would see; press Enter again until the prompt reaches the
+	// model. Enter on a sent (empty) composer does nothing.
+	submitted := func() bool {
+		return slices.ContainsFunc(f.Requests(), func(r fakellm.Request) bool { isFix, _ := turn(r); return isFix })
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for !submitted() {
+		require.False(t, time.Now().After(deadline), "Codex sent no request with the prompt")
+		tm.send("\r")
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, _ = f.WaitForRequests(ctx, len(f.Requests())+1)
+		cancel()
+	}
 	tm.waitFor(reply, 1, 2*time.Minute)
 
 	reqs := f.Requests()
@@ -320,4 +336,14 @@ func TestCodex(t *testing.T) {
 	tm.close()
 	again := dial(t, p.url, token, true)
 	again.waitFor(reply, 1, 30*time.Second)
+
+	// A new harness on the workspace resumes Codex's last conversation.
+	again.close()
+	p.stop()
+	resumed := startProcessIn(t, bin, p.ws, env...)
+	cmdline, err := tmuxOut(t, filepath.Join(p.ws, ".lap", "tmux.sock"), "display-message", "-p", "-t", "lap", "#{pane_start_command}")
+	require.NoError(t, err)
+	assert.Contains(t, cmdline, "resume --last")
+	third := dial(t, resumed.url, token, false)
+	third.waitFor(reply, 1, 2*time.Minute)
 }
