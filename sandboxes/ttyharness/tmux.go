@@ -3,6 +3,7 @@ package ttyharness
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // tmuxConf is the tmux configuration of the tool's server. It makes tmux
@@ -69,6 +71,54 @@ func (t *tmux) run(ctx context.Context, env []string, args ...string) error {
 		return fmt.Errorf("tmux %s: %w", args[0], err)
 	}
 	return nil
+}
+
+// serverUp reports whether a tmux server answers on the socket.
+func (t *tmux) serverUp(ctx context.Context) bool {
+	err := t.run(ctx, nil, "list-sessions")
+	if err == nil {
+		return true
+	}
+	msg := err.Error()
+	return !strings.Contains(msg, "no server running") && !strings.Contains(msg, "error connecting") &&
+		!strings.Contains(msg, "No such file")
+}
+
+// startServer runs the tmux server as a child of the harness (tmux -D,
+// no daemon) with env as its environment, and waits until it answers. A
+// daemon would leave the harness's session and outlive a harness killed
+// with SIGKILL, tool and all; as a child it stays in the harness's
+// session, which the local backend sweeps when a sandbox stops, and a
+// server that dies hangs up the tool's terminal. The returned channel is
+// closed when the server exits.
+func (t *tmux) startServer(ctx context.Context, env []string) (<-chan struct{}, error) {
+	cmd := exec.CommandContext(ctx, t.bin, t.args("-D")...)
+	cmd.Env = env
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start tmux server: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(exited)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !t.serverUp(ctx) {
+		select {
+		case <-exited:
+			return nil, fmt.Errorf("start tmux server: it exited: %s", strings.TrimSpace(stderr.String()))
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		default:
+		}
+		if time.Now().After(deadline) {
+			return nil, errors.New("start tmux server: it did not answer within 10s")
+		}
+		time.Sleep(5 * time.Millisecond) // a poll interval while its socket comes up
+	}
+	return exited, nil
 }
 
 // newSession starts the detached session SessionName running argv in dir

@@ -143,6 +143,8 @@ type Server struct {
 	handler http.Handler
 	started time.Time
 
+	sessionMu sync.Mutex // serialises starting the tmux server and session
+
 	mu       sync.Mutex
 	ready    bool   // the tool runs in tmux
 	failed   string // the failed preparation
@@ -404,9 +406,18 @@ func (s *Server) supervise(ctx context.Context) {
 	}
 }
 
-// ensureSession starts the tool's tmux session unless it runs already.
+// ensureSession starts the tool's tmux session unless it runs already,
+// first the tmux server as the harness's child unless one answers (one
+// left by an earlier harness on this workspace is adopted, tool and all).
 func (s *Server) ensureSession(ctx context.Context) error {
+	s.sessionMu.Lock()
+	defer s.sessionMu.Unlock()
 	argv, env := s.tool.command(s)
+	if !s.tmux.serverUp(ctx) {
+		if _, err := s.tmux.startServer(s.stop, env); err != nil {
+			return err
+		}
+	}
 	return s.tmux.newSession(ctx, s.repo, env, s.cfg.Cols, s.cfg.Rows, argv)
 }
 

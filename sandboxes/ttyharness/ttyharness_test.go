@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -140,6 +141,14 @@ func TestTerminal(t *testing.T) {
 
 	tm := dial(t, h.url, token, false)
 	tm.waitFor("fake tool ready size=30x100", 1, 30*time.Second)
+	// The tmux server is the harness's child, not a daemon that would
+	// outlive it.
+	pid, err := tmuxOut(t, socket, "display-message", "-p", "#{pid}")
+	require.NoError(t, err)
+	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	require.NoError(t, err)
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	assert.Equal(t, strconv.Itoa(os.Getpid()), fields[1], "the tmux server's parent is the harness")
 	s := tm.screen()
 	assert.Contains(t, s, "secrets=none/none/none", "the tool sees no harness, gateway or git token")
 	assert.Contains(t, s, "auth=lapsb_stub", "the stub token is Claude Code's bearer token")
@@ -175,7 +184,7 @@ func TestTerminal(t *testing.T) {
 	waitUntil(t, 10*time.Second, "attached count back to 0", func() bool {
 		return get(t, h.url, "/tty/activity", token, &act) == http.StatusOK && act.Attached == 0
 	})
-	_, err := tmuxOut(t, socket, "has-session", "-t", "lap")
+	_, err = tmuxOut(t, socket, "has-session", "-t", "lap")
 	require.NoError(t, err, "the tool's session outlives the client")
 
 	// Re-attach: tmux redraws the screen, earlier output included.
