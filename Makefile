@@ -172,6 +172,45 @@ $(BIN)/lap-harness-opencode: Makefile
 		"$(CURDIR)" "$(CURDIR)/$(SDK_DIR)" > $@
 	chmod +x $@
 
+## ---- Terminal harnesses (sandboxes/claude-code, sandboxes/codex) ----
+# The official CLIs, pinned by their lockfiles and installed with npm ci
+# (each brings its native binary as a platform package from the npm
+# registry); bin/lap-tty-harness (sandboxes/ttyharness) runs them under
+# tmux. A stamp in node_modules skips the install until the lockfile changes.
+CLAUDE_CODE_DIR := sandboxes/claude-code
+CODEX_DIR := sandboxes/codex
+
+.PHONY: build-claude-code build-codex
+build: build-claude-code build-codex
+
+## build-claude-code: the pinned Claude Code and bin/lap-harness-claude-code
+build-claude-code: $(BIN)/lap-harness-claude-code $(CLAUDE_CODE_DIR)/node_modules/.lap-stamp
+
+$(CLAUDE_CODE_DIR)/node_modules/.lap-stamp: $(CLAUDE_CODE_DIR)/package.json $(CLAUDE_CODE_DIR)/package-lock.json
+	cd $(CLAUDE_CODE_DIR) && $(NPM) ci --no-audit --no-fund
+	touch $@
+
+# The launcher the local backend starts (sandboxes/harnesses.go): the
+# terminal harness of this checkout running this checkout's Claude Code.
+$(BIN)/lap-harness-claude-code: Makefile
+	@mkdir -p $(BIN)
+	printf '#!/bin/sh\n# Made by make build: the claude-code terminal harness of %s\nexec "%s/lap-tty-harness" --tool claude-code --tool-bin "%s/node_modules/.bin/claude" "$$@"\n' \
+		"$(CURDIR)" "$(BIN)" "$(CURDIR)/$(CLAUDE_CODE_DIR)" > $@
+	chmod +x $@
+
+## build-codex: the pinned Codex and bin/lap-harness-codex
+build-codex: $(BIN)/lap-harness-codex $(CODEX_DIR)/node_modules/.lap-stamp
+
+$(CODEX_DIR)/node_modules/.lap-stamp: $(CODEX_DIR)/package.json $(CODEX_DIR)/package-lock.json
+	cd $(CODEX_DIR) && $(NPM) ci --no-audit --no-fund
+	touch $@
+
+$(BIN)/lap-harness-codex: Makefile
+	@mkdir -p $(BIN)
+	printf '#!/bin/sh\n# Made by make build: the codex terminal harness of %s\nexec "%s/lap-tty-harness" --tool codex --tool-bin "%s/node_modules/.bin/codex" "$$@"\n' \
+		"$(CURDIR)" "$(BIN)" "$(CURDIR)/$(CODEX_DIR)" > $@
+	chmod +x $@
+
 ## ---- End-to-end: fuzzing, load and the benchmark table (e2e/) ----
 # Every fuzz target (func FuzzXxx in a _test.go file) runs for FUZZTIME;
 # plain go test runs their seeds. Targets are found in the sources, so a

@@ -42,7 +42,7 @@ type KnativeConfig struct {
 // in the registry (sandboxes/harnesses.go; a test in knative/ keeps both
 // lists in step). config imports the standard library only, so the
 // registry's names are repeated here.
-var HarnessImageSettings = []string{"HARNESS_IMAGE_LAP", "HARNESS_IMAGE_CLAUDE_AGENT_SDK", "HARNESS_IMAGE_OPENCODE"}
+var HarnessImageSettings = []string{"HARNESS_IMAGE_LAP", "HARNESS_IMAGE_CLAUDE_AGENT_SDK", "HARNESS_IMAGE_OPENCODE", "HARNESS_IMAGE_CLAUDE_CODE", "HARNESS_IMAGE_CODEX"}
 
 var knativeSettings = append([]Setting{
 	{"KNATIVE_KUBECONFIG", "", "kubeconfig file for LAP_BACKEND=knative; unset = in-cluster service account", func(c *Config, v string) error {

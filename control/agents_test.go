@@ -104,7 +104,10 @@ func TestQuickstartAgentCreate(t *testing.T) {
 
 	var harnesses api.List[api.Harness]
 	require.Equal(t, http.StatusOK, e.do(http.MethodGet, "/harnesses", nil, &harnesses))
-	assert.Len(t, harnesses.Data, 3)
+	assert.Len(t, harnesses.Data, 5)
+	for _, h := range harnesses.Data {
+		assert.Equal(t, h.ID == "claude-code" || h.ID == "codex", h.SupportsTUI, "supports_tui of %s", h.ID)
+	}
 }
 
 func TestAgentValidation(t *testing.T) {
@@ -138,6 +141,7 @@ func TestAgentValidation(t *testing.T) {
 		{"name leading digit", "application/json", `{"name": "1agent", "model": "m"}`, 400, api.CodeBadRequest, "starting with a letter"},
 		{"model missing", "application/json", `{"name": "no-model"}`, 400, api.CodeBadRequest, "model is required"},
 		{"unknown harness", "application/json", `{"name": "h", "model": "m", "harness_id": "cursor"}`, 400, api.CodeBadRequest, "lap, claude-agent-sdk, opencode"},
+		{"terminal harness not served yet", "application/json", `{"name": "h", "model": "m", "harness_id": "claude-code"}`, 400, api.CodeBadRequest, "terminal harness"},
 		{"ftp repo", "application/json", `{"name": "r", "model": "m", "repo_url": "ftp://x/y"}`, 400, api.CodeBadRequest, "repo_url"},
 		{"ssh repo", "application/json", `{"name": "ssh-repo", "model": "m", "repo_url": "git@github.com:org/repo.git"}`, 201, "", ""},
 		{"file repo", "application/json", `{"name": "file-repo", "model": "m", "repo_url": "file:///srv/repo"}`, 201, "", ""},

@@ -234,7 +234,7 @@ func (s *Server) readyz(c *fiber.Ctx) error {
 func (s *Server) listHarnesses(c *fiber.Ctx) error {
 	var out []api.Harness
 	for _, h := range sandboxes.Harnesses() {
-		out = append(out, api.Harness{ID: h.ID, Description: h.Description, Chat: h.Chat})
+		out = append(out, api.Harness{ID: h.ID, Description: h.Description, Chat: h.Chat, SupportsTUI: h.TUI})
 	}
 	return c.JSON(api.List[api.Harness]{Data: out})
 }

@@ -60,6 +60,8 @@ func TestParamsFromConfig(t *testing.T) {
 				"lap":              "ko://lap.dev/lap/cmd/lap-harness",
 				"claude-agent-sdk": "lap.dev/harness-claude-agent-sdk:latest",
 				"opencode":         "lap.dev/harness-opencode:latest",
+				"claude-code":      "lap.dev/harness-claude-code:latest",
+				"codex":            "lap.dev/harness-codex:latest",
 			},
 			Resources: corev1.ResourceRequirements{
 				Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("250m"), corev1.ResourceMemory: resource.MustParse("512Mi")},
@@ -86,6 +88,8 @@ func TestParamsFromConfig(t *testing.T) {
 				"lap":              "registry.example/lap-harness@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 				"claude-agent-sdk": "lap.dev/harness-claude-agent-sdk:latest",
 				"opencode":         "lap.dev/harness-opencode:latest",
+				"claude-code":      "lap.dev/harness-claude-code:latest",
+				"codex":            "lap.dev/harness-codex:latest",
 			},
 			Resources: corev1.ResourceRequirements{
 				Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("250m"), corev1.ResourceMemory: resource.MustParse("512Mi")},

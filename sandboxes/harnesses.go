@@ -13,6 +13,10 @@ type Harness struct {
 	// Chat is true when the harness answers whole turns over the harness
 	// protocol, so the CLI can open chat mode with it.
 	Chat bool `json:"chat"`
+	// TUI is true for a terminal harness: it runs a terminal agent (a TUI)
+	// under tmux and serves its terminal as a WebSocket at GET /tty
+	// (sandboxes/ttyharness), so clients attach to it instead of chatting.
+	TUI bool `json:"supports_tui"`
 	// Command is how the local backend starts it: argv with $PORT expanded
 	// from the sandbox environment. A relative first element is looked up
 	// next to the lapd binary, then on PATH.
@@ -54,6 +58,22 @@ var harnesses = []Harness{
 		// provider and runs opencode serve on a private port (DESIGN.md).
 		Command: []string{"lap-harness-opencode"},
 		Image:   "lap.dev/harness-opencode:latest",
+	},
+	{
+		ID:          "claude-code",
+		Description: "Claude Code's own terminal UI, run under tmux in the sandbox; attach to its terminal",
+		TUI:         true,
+		// The launcher runs lap-tty-harness with the pinned Claude Code of
+		// sandboxes/claude-code (make build writes it).
+		Command: []string{"lap-harness-claude-code"},
+		Image:   "lap.dev/harness-claude-code:latest",
+	},
+	{
+		ID:          "codex",
+		Description: "OpenAI Codex's terminal UI, run under tmux in the sandbox; attach to its terminal",
+		TUI:         true,
+		Command:     []string{"lap-harness-codex"},
+		Image:       "lap.dev/harness-codex:latest",
 	},
 }
 

@@ -164,6 +164,9 @@ type Harness struct {
 	ID          string `json:"id"`
 	Description string `json:"description"`
 	Chat        bool   `json:"chat"`
+	// SupportsTUI is true for terminal harnesses (Claude Code, Codex in
+	// tmux), which LAP's clients attach to in TTY mode.
+	SupportsTUI bool `json:"supports_tui"`
 }
 
 // LogEntry is one line of GET /sessions/:id/log, the session's timeline.

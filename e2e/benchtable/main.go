@@ -62,6 +62,7 @@ func packages(count int) []pkg {
 		{"./knative", 1},
 		{"./cli", 1},
 		{"./sandboxes/claude-agent-sdk", 1},
+		{"./sandboxes/ttyharness", 1},
 		{"./e2e/lapdbox", 1},
 	}
 }

@@ -268,6 +268,8 @@ func (s *Server) routes() {
 		switch {
 		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/chat/completions"):
 			s.serve(w, r, openAIChat)
+		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/responses"):
+			s.serve(w, r, openAIResponses) // responses.go
 		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/messages/count_tokens"):
 			s.serveAnthropicCountTokens(w, r)
 		case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/messages"):

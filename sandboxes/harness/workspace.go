@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/url"
 	"os"
 	"os/exec"
@@ -77,23 +78,70 @@ func (s *Server) Prepare(ctx context.Context) error {
 }
 
 func (s *Server) prepare(ctx context.Context) error {
-	if s.cfg.RepoDir != "" {
-		info, err := os.Stat(s.repo)
+	return PrepareRepo(ctx, RepoSpec{
+		Workspace: s.cfg.Workspace,
+		Dir:       s.repo,
+		Existing:  s.cfg.RepoDir != "",
+		URL:       s.cfg.RepoURL,
+		Branch:    s.cfg.Branch,
+		GitToken:  s.cfg.GitToken,
+		Env:       s.cfg.Env,
+		Progress:  s.progress,
+		Logger:    s.log,
+	})
+}
+
+// RepoSpec says where an agent's repository comes from and where it goes.
+// Every Go harness prepares its repo with PrepareRepo, so a terminal
+// harness (sandboxes/ttyharness) clones exactly as this one does.
+type RepoSpec struct {
+	// Workspace is the sandbox's WORKSPACE (absolute); clones are staged
+	// under <Workspace>/.lap.
+	Workspace string
+	// Dir is the repo's final place (absolute), usually <Workspace>/repo.
+	Dir string
+	// Existing says Dir is a given checkout (REPO_DIR): nothing is cloned,
+	// it only has to be a directory.
+	Existing bool
+	// URL, Branch and GitToken say what to clone (see Config).
+	URL      string
+	Branch   string
+	GitToken string
+	// Env is the environment git starts from; the secrets are removed.
+	Env []string
+	// Progress receives progress messages, git's included (may be nil).
+	Progress func(msg string)
+	// Logger receives diagnostics (may be nil).
+	Logger *slog.Logger
+}
+
+// PrepareRepo makes spec.Dir ready: cloned from spec.URL (or created empty
+// without one) unless it is already there from an earlier run. It returns
+// git's error, redacted, when the clone fails.
+func PrepareRepo(ctx context.Context, spec RepoSpec) error {
+	if spec.Progress == nil {
+		spec.Progress = func(string) {}
+	}
+	if spec.Logger == nil {
+		spec.Logger = slog.New(slog.DiscardHandler)
+	}
+	if spec.Existing {
+		info, err := os.Stat(spec.Dir)
 		if err != nil {
 			return fmt.Errorf("repo directory: %w", err)
 		}
 		if !info.IsDir() {
-			return fmt.Errorf("repo directory %s is not a directory", s.repo)
+			return fmt.Errorf("repo directory %s is not a directory", spec.Dir)
 		}
 		return nil
 	}
-	if _, err := os.Stat(s.repo); err == nil {
+	if _, err := os.Stat(spec.Dir); err == nil {
 		// A restart on a kept workspace: the clone was finished (it is
 		// renamed into place only when complete), keep the agent's work.
 		return nil
 	}
-	if s.cfg.RepoURL == "" {
-		if err := os.MkdirAll(s.repo, 0o755); err != nil {
+	if spec.URL == "" {
+		if err := os.MkdirAll(spec.Dir, 0o755); err != nil {
 			return fmt.Errorf("create workspace: %w", err)
 		}
 		return nil
@@ -101,43 +149,47 @@ func (s *Server) prepare(ctx context.Context) error {
 	// Clone beside the final place and rename, so a crash mid-clone never
 	// leaves a half repo that a restart would take as finished; remove what
 	// such a crash left.
-	stale, _ := filepath.Glob(filepath.Join(s.cfg.Workspace, StateDir, "clone-*"))
+	state := filepath.Join(spec.Workspace, StateDir)
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return fmt.Errorf("create state directory: %w", err)
+	}
+	stale, _ := filepath.Glob(filepath.Join(state, "clone-*"))
 	for _, dir := range stale {
 		_ = os.RemoveAll(dir)
 	}
-	tmp, err := os.MkdirTemp(filepath.Join(s.cfg.Workspace, StateDir), "clone-")
+	tmp, err := os.MkdirTemp(state, "clone-")
 	if err != nil {
 		return fmt.Errorf("create clone directory: %w", err)
 	}
 	defer os.RemoveAll(tmp)
 	dest := filepath.Join(tmp, RepoDir)
-	if err := s.clone(ctx, dest); err != nil {
+	if err := spec.clone(ctx, dest); err != nil {
 		return err
 	}
-	if err := os.Rename(dest, s.repo); err != nil {
+	if err := os.Rename(dest, spec.Dir); err != nil {
 		return fmt.Errorf("move clone into place: %w", err)
 	}
 	return nil
 }
 
-// clone runs git clone --depth 1 into dest, streaming git's progress as
-// workspace.progress events.
-func (s *Server) clone(ctx context.Context, dest string) error {
-	repo := redactURL(s.cfg.RepoURL)
+// clone runs git clone --depth 1 into dest, streaming git's progress to
+// spec.Progress.
+func (spec RepoSpec) clone(ctx context.Context, dest string) error {
+	repo := redactURL(spec.URL)
 	args := []string{"clone", "--progress", "--depth", "1"}
-	if s.cfg.Branch != "" {
-		args = append(args, "--branch", s.cfg.Branch)
+	if spec.Branch != "" {
+		args = append(args, "--branch", spec.Branch)
 	}
-	args = append(args, "--", s.cfg.RepoURL, dest)
+	args = append(args, "--", spec.URL, dest)
 	what := repo
-	if s.cfg.Branch != "" {
-		what += " (branch " + s.cfg.Branch + ")"
+	if spec.Branch != "" {
+		what += " (branch " + spec.Branch + ")"
 	}
-	s.progress("cloning " + what)
-	s.log.Info("cloning", "repo", repo, "branch", s.cfg.Branch)
+	spec.Progress("cloning " + what)
+	spec.Logger.Info("cloning", "repo", repo, "branch", spec.Branch)
 
 	cmd := exec.CommandContext(ctx, "git", args...)
-	cmd.Env = gitEnv(s.cfg.Env, s.cfg.GitToken)
+	cmd.Env = gitEnv(spec.Env, spec.GitToken)
 	cmd.Dir = filepath.Dir(dest)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -146,14 +198,14 @@ func (s *Server) clone(ctx context.Context, dest string) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("clone %s: start git: %w", repo, err)
 	}
-	tail := s.readGitProgress(stderr)
+	tail := readGitProgress(stderr, spec.GitToken, spec.Progress)
 	if err := cmd.Wait(); err != nil {
-		msg := strings.TrimSpace(redactSecret(tail, s.cfg.GitToken))
+		msg := strings.TrimSpace(redactSecret(tail, spec.GitToken))
 		if msg == "" {
 			msg = err.Error()
 		}
 		if strings.Contains(msg, "could not read Username") {
-			if s.cfg.GitToken != "" {
+			if spec.GitToken != "" {
 				msg += " (the git server did not accept GIT_TOKEN)"
 			} else {
 				msg += " (the repository needs credentials: set GIT_TOKEN)"
@@ -167,7 +219,7 @@ func (s *Server) clone(ctx context.Context, dest string) error {
 // readGitProgress reads git's stderr until it closes. Progress lines end
 // in \r; they are published at most every 200ms and whenever the phase
 // changes. It returns the last lines, which hold git's error, if any.
-func (s *Server) readGitProgress(r io.Reader) string {
+func readGitProgress(r io.Reader, token string, progress func(string)) string {
 	sc := bufio.NewScanner(r)
 	sc.Split(scanLinesOrCR)
 	var tail []string
@@ -186,7 +238,7 @@ func (s *Server) readGitProgress(r io.Reader) string {
 			}
 		}
 		if phase != lastPhase || time.Since(lastSent) >= 200*time.Millisecond || strings.Contains(line, "done") {
-			s.progress(redactSecret(line, s.cfg.GitToken))
+			progress(redactSecret(line, token))
 			lastPhase, lastSent = phase, time.Now()
 		}
 	}
@@ -251,6 +303,11 @@ func toolEnv(env []string) []string {
 	}
 	return out
 }
+
+// ScrubSecrets returns env without the sandbox's secrets
+// (HARNESS_AUTH_TOKEN, LITELLM_API_KEY, GIT_TOKEN), which no tool an agent
+// runs may see.
+func ScrubSecrets(env []string) []string { return scrubEnv(env, secretEnv...) }
 
 // scrubEnv returns env without the named variables.
 func scrubEnv(env []string, names ...string) []string {
