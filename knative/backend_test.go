@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
+	"lap.dev/lap/knative/resources"
 	"lap.dev/lap/sandboxes"
 )
 
@@ -58,13 +59,13 @@ func runLifecycle(t *testing.T, r *rig, wantEndpoint func(svc, tag string) sandb
 	// Create agent: the Service, its base revision pinned at 100%.
 	require.NoError(t, r.b.EnsureAgent(r.ctx(), agent))
 	svc := r.service("reviewer")
-	assert.Equal(t, []servingv1.TrafficTarget{BaseTarget("reviewer-g1")}, svc.Spec.Traffic)
+	assert.Equal(t, []servingv1.TrafficTarget{resources.BaseTarget("reviewer-g1")}, svc.Spec.Traffic)
 	assert.Equal(t, "reviewer-g1", svc.Spec.Template.Name)
 	assert.Equal(t, "reviewer-g1", svc.Status.LatestCreatedRevisionName)
 	secret, err := r.kube.CoreV1().Secrets(r.ns).Get(r.ctx(), "reviewer-secrets", metav1.GetOptions{})
 	require.NoError(t, err)
 	assert.Equal(t, "ghp_x", string(secret.Data["GITHUB_TOKEN"]))
-	assert.Len(t, secret.Data[BaseTokenKey], 48)
+	assert.Len(t, secret.Data[resources.BaseTokenKey], 48)
 
 	// Provision ×3: three tagged 0% targets, one pod each.
 	var sbs []sandboxes.Sandbox
@@ -73,7 +74,7 @@ func runLifecycle(t *testing.T, r *rig, wantEndpoint func(svc, tag string) sandb
 		spec := newSpec(agent, role)
 		sb, err := r.b.Provision(r.ctx(), spec)
 		require.NoError(t, err)
-		tag := SandboxTag(spec.ID)
+		tag := resources.SandboxTag(spec.ID)
 		assert.True(t, sb.Running)
 		assert.Equal(t, wantEndpoint("reviewer", tag), sb.Endpoint)
 		assert.Equal(t, map[string]string{
@@ -84,9 +85,9 @@ func runLifecycle(t *testing.T, r *rig, wantEndpoint func(svc, tag string) sandb
 		sbs, specs = append(sbs, sb), append(specs, spec)
 	}
 	svc = r.service("reviewer")
-	want := []servingv1.TrafficTarget{BaseTarget("reviewer-g1")}
+	want := []servingv1.TrafficTarget{resources.BaseTarget("reviewer-g1")}
 	for _, sb := range sbs {
-		want = append(want, SandboxTarget(sb.Data[DataTag], sb.Data[DataRevision]))
+		want = append(want, resources.SandboxTarget(sb.Data[DataTag], sb.Data[DataRevision]))
 	}
 	assert.Equal(t, want, svc.Spec.Traffic)
 	for i, sb := range sbs {
@@ -94,14 +95,14 @@ func runLifecycle(t *testing.T, r *rig, wantEndpoint func(svc, tag string) sandb
 		require.NoError(t, err)
 		assert.Equal(t, "1", rev.Annotations["autoscaling.knative.dev/min-scale"], rev.Name)
 		assert.Equal(t, "1", rev.Annotations["autoscaling.knative.dev/max-scale"], rev.Name)
-		assert.Equal(t, sb.ID, rev.Labels[LabelSandboxID])
-		assert.Equal(t, specs[i].Role, rev.Labels[LabelRole])
+		assert.Equal(t, sb.ID, rev.Labels[resources.LabelSandboxID])
+		assert.Equal(t, specs[i].Role, rev.Labels[resources.LabelRole])
 		assertNoTokens(t, rev, specs[i])
 		secret := r.sandboxSecret(sb)
 		assert.Equal(t, specs[i].Env["HARNESS_AUTH_TOKEN"], string(secret.Data["HARNESS_AUTH_TOKEN"]))
 		assert.Equal(t, specs[i].Env["LITELLM_API_KEY"], string(secret.Data["LITELLM_API_KEY"]))
-		assert.Equal(t, sb.ID, secret.Labels[LabelSandboxID])
-		assert.Equal(t, agent.ID, secret.Labels[LabelAgentID])
+		assert.Equal(t, sb.ID, secret.Labels[resources.LabelSandboxID])
+		assert.Equal(t, agent.ID, secret.Labels[resources.LabelAgentID])
 		require.Len(t, secret.OwnerReferences, 1, "the Service owns it")
 		assert.Equal(t, svc.UID, secret.OwnerReferences[0].UID)
 		token, err := r.b.harnessToken(r.ctx(), rev)
@@ -119,7 +120,7 @@ func runLifecycle(t *testing.T, r *rig, wantEndpoint func(svc, tag string) sandb
 	suspended, err := r.b.Suspend(r.ctx(), first)
 	require.NoError(t, err)
 	assert.False(t, suspended.Running)
-	_, tagged := findTag(r.service("reviewer").Spec.Traffic, first.Data[DataTag])
+	_, tagged := resources.FindTag(r.service("reviewer").Spec.Traffic, first.Data[DataTag])
 	assert.False(t, tagged, "tag still in the route after suspend")
 	r.eventually(func() bool { return r.fake.pod(first.Data[DataRevision]) == nil }, "pod of %s not scaled to zero", first.ID)
 	assert.Equal(t, http.StatusNotFound, r.get(first.Endpoint, "/session", specs[0].Env["HARNESS_AUTH_TOKEN"]))
@@ -137,7 +138,7 @@ func runLifecycle(t *testing.T, r *rig, wantEndpoint func(svc, tag string) sandb
 	assert.True(t, resumed.Running)
 	assert.Equal(t, first.Endpoint, resumed.Endpoint)
 	assert.Equal(t, http.StatusOK, r.get(resumed.Endpoint, "/session", specs[0].Env["HARNESS_AUTH_TOKEN"]))
-	_, tagged = findTag(r.service("reviewer").Spec.Traffic, first.Data[DataTag])
+	_, tagged = resources.FindTag(r.service("reviewer").Spec.Traffic, first.Data[DataTag])
 	assert.True(t, tagged)
 
 	// Destroy the newest (the template names it) and the first.
@@ -146,13 +147,13 @@ func runLifecycle(t *testing.T, r *rig, wantEndpoint func(svc, tag string) sandb
 		_, err := r.admin.ServingV1().Revisions(r.ns).Get(r.ctx(), sb.Data[DataRevision], metav1.GetOptions{})
 		assert.True(t, apierrors.IsNotFound(err), "revision %s after destroy: %v", sb.Data[DataRevision], err)
 		r.assertSecretGone(sb)
-		_, tagged := findTag(r.service("reviewer").Spec.Traffic, sb.Data[DataTag])
+		_, tagged := resources.FindTag(r.service("reviewer").Spec.Traffic, sb.Data[DataTag])
 		assert.False(t, tagged)
 		require.NoError(t, r.b.Destroy(r.ctx(), sb), "destroy is idempotent")
 	}
 	svc = r.service("reviewer")
 	assert.Equal(t, "reviewer-g1", svc.Spec.Template.Name, "template points back at the base revision")
-	assert.Equal(t, []servingv1.TrafficTarget{BaseTarget("reviewer-g1"), SandboxTarget(sbs[1].Data[DataTag], sbs[1].Data[DataRevision])}, svc.Spec.Traffic)
+	assert.Equal(t, []servingv1.TrafficTarget{resources.BaseTarget("reviewer-g1"), resources.SandboxTarget(sbs[1].Data[DataTag], sbs[1].Data[DataRevision])}, svc.Spec.Traffic)
 	r.eventually(func() bool {
 		return r.service("reviewer").Status.LatestCreatedRevisionName == "reviewer-g1"
 	}, "Knative did not take the base revision back as latest")
@@ -253,7 +254,7 @@ func assertNoTokens(t *testing.T, rev *servingv1.Revision, spec sandboxes.Spec) 
 			assert.Empty(t, e.Value, e.Name)
 			require.NotNil(t, e.ValueFrom, e.Name)
 			assert.Equal(t, &corev1.SecretKeySelector{
-				LocalObjectReference: corev1.LocalObjectReference{Name: SandboxSecretName(spec.Agent.Name, spec.ID)},
+				LocalObjectReference: corev1.LocalObjectReference{Name: resources.SandboxSecretName(spec.Agent.Name, spec.ID)},
 				Key:                  e.Name,
 			}, e.ValueFrom.SecretKeyRef, e.Name)
 		}
@@ -317,14 +318,14 @@ func TestEnsureAgent(t *testing.T) {
 	require.NoError(t, r.b.EnsureAgent(r.ctx(), agent))
 	svc := r.service("evolving")
 	assert.Equal(t, "evolving-g2", svc.Spec.Template.Name)
-	assert.Equal(t, []servingv1.TrafficTarget{BaseTarget("evolving-g2"), SandboxTarget(sb.Data[DataTag], sb.Data[DataRevision])}, svc.Spec.Traffic)
+	assert.Equal(t, []servingv1.TrafficTarget{resources.BaseTarget("evolving-g2"), resources.SandboxTarget(sb.Data[DataTag], sb.Data[DataRevision])}, svc.Spec.Traffic)
 	assert.Equal(t, "evolving-g2", svc.Status.LatestCreatedRevisionName)
-	assert.Equal(t, "2", svc.Annotations[LabelGeneration])
+	assert.Equal(t, "2", svc.Annotations[resources.LabelGeneration])
 	after, err := r.kube.CoreV1().Secrets(r.ns).Get(r.ctx(), "evolving-secrets", metav1.GetOptions{})
 	require.NoError(t, err)
 	assert.Equal(t, "ghp_rotated", string(after.Data["GITHUB_TOKEN"]))
 	assert.Equal(t, "npm_x", string(after.Data["NPM_TOKEN"]))
-	assert.Equal(t, before.Data[BaseTokenKey], after.Data[BaseTokenKey], "the base token survives updates")
+	assert.Equal(t, before.Data[resources.BaseTokenKey], after.Data[resources.BaseTokenKey], "the base token survives updates")
 	sb, err = r.b.Resume(r.ctx(), sb)
 	require.NoError(t, err, "the old generation's sandbox still runs")
 	assert.True(t, sb.Running)
@@ -394,7 +395,7 @@ func TestResumeAfterGC(t *testing.T) {
 
 	_, err = r.b.Resume(r.ctx(), sb)
 	require.ErrorIs(t, err, sandboxes.ErrGone)
-	_, tagged := findTag(r.service("forgetful").Spec.Traffic, sb.Data[DataTag])
+	_, tagged := resources.FindTag(r.service("forgetful").Spec.Traffic, sb.Data[DataTag])
 	assert.False(t, tagged)
 	require.NoError(t, r.b.Destroy(r.ctx(), sb), "destroying what is gone is no error")
 }
@@ -406,7 +407,7 @@ func TestProvisionFailure(t *testing.T) {
 	r := newRig(t, "")
 	agent := r.ensureAgent("doomed")
 	spec := newSpec(agent, sandboxes.RoleSession)
-	r.fake.failRevision(SandboxRevisionName("doomed", spec.ID), "Unable to fetch image \"kind.local/lap-harness:test\"")
+	r.fake.failRevision(resources.SandboxRevisionName("doomed", spec.ID), "Unable to fetch image \"kind.local/lap-harness:test\"")
 
 	_, err := r.b.Provision(r.ctx(), spec)
 	require.ErrorIs(t, err, sandboxes.ErrNotReady)
@@ -414,13 +415,13 @@ func TestProvisionFailure(t *testing.T) {
 	assert.ErrorContains(t, err, "harness log: (no pod)")
 
 	svc := r.service("doomed")
-	assert.Equal(t, []servingv1.TrafficTarget{BaseTarget("doomed-g1")}, svc.Spec.Traffic)
+	assert.Equal(t, []servingv1.TrafficTarget{resources.BaseTarget("doomed-g1")}, svc.Spec.Traffic)
 	assert.Equal(t, "doomed-g1", svc.Spec.Template.Name)
 	r.eventually(func() bool {
-		_, err := r.admin.ServingV1().Revisions(r.ns).Get(r.ctx(), SandboxRevisionName("doomed", spec.ID), metav1.GetOptions{})
+		_, err := r.admin.ServingV1().Revisions(r.ns).Get(r.ctx(), resources.SandboxRevisionName("doomed", spec.ID), metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
 	}, "failed revision left behind")
-	_, err = r.kube.CoreV1().Secrets(r.ns).Get(r.ctx(), SandboxSecretName("doomed", spec.ID), metav1.GetOptions{})
+	_, err = r.kube.CoreV1().Secrets(r.ns).Get(r.ctx(), resources.SandboxSecretName("doomed", spec.ID), metav1.GetOptions{})
 	assert.True(t, apierrors.IsNotFound(err), "failed sandbox's secret left behind: %v", err)
 
 	// The agent is fine afterwards.
@@ -435,7 +436,7 @@ func TestProvisionFailure(t *testing.T) {
 	never := newSpec(newAgent("never-ensured"), sandboxes.RoleSession)
 	_, err = r.b.Provision(r.ctx(), never)
 	require.ErrorIs(t, err, sandboxes.ErrNotFound)
-	_, err = r.kube.CoreV1().Secrets(r.ns).Get(r.ctx(), SandboxSecretName("never-ensured", never.ID), metav1.GetOptions{})
+	_, err = r.kube.CoreV1().Secrets(r.ns).Get(r.ctx(), resources.SandboxSecretName("never-ensured", never.ID), metav1.GetOptions{})
 	assert.True(t, apierrors.IsNotFound(err), "secret of a provision that wrote no Service left behind: %v", err)
 }
 
@@ -465,7 +466,7 @@ func TestProvisionTimeout(t *testing.T) {
 	_, err := r.b.Provision(r.ctx(), spec)
 	require.ErrorIs(t, err, sandboxes.ErrNotReady)
 	assert.ErrorContains(t, err, "503")
-	_, tagged := findTag(r.service("stuck").Spec.Traffic, SandboxTag(spec.ID))
+	_, tagged := resources.FindTag(r.service("stuck").Spec.Traffic, resources.SandboxTag(spec.ID))
 	assert.False(t, tagged)
 
 	// The caller's own cancellation is reported as such.
@@ -496,7 +497,7 @@ func TestConcurrentProvisions(t *testing.T) {
 	wg.Wait()
 	require.NoError(t, errors.Join(errs...))
 	svc := r.service("busy")
-	assert.Equal(t, n, SandboxTags(svc.Spec.Traffic))
+	assert.Equal(t, n, resources.SandboxTags(svc.Spec.Traffic))
 	for _, sb := range results {
 		assert.True(t, sb.Running)
 		assert.Equal(t, http.StatusOK, r.get(sb.Endpoint, "/", ""))
@@ -568,7 +569,7 @@ func TestDestroyByID(t *testing.T) {
 		_, err := r.admin.ServingV1().Revisions(r.ns).Get(r.ctx(), sb.Data[DataRevision], metav1.GetOptions{})
 		assert.True(t, apierrors.IsNotFound(err), "%s: revision after destroy: %v", tt.name, err)
 		r.assertSecretGone(sb)
-		_, tagged := findTag(r.service("orphans").Spec.Traffic, sb.Data[DataTag])
+		_, tagged := resources.FindTag(r.service("orphans").Spec.Traffic, sb.Data[DataTag])
 		assert.False(t, tagged, "%s: tag after destroy", tt.name)
 		r.eventually(func() bool { return len(r.mustList()) == 0 }, "%s: List after destroy", tt.name)
 	}
@@ -577,7 +578,7 @@ func TestDestroyByID(t *testing.T) {
 	// destroying the record takes the Secret, and no other sandbox's.
 	kept := r.provision(agent, sandboxes.RoleWarm)
 	spec := newSpec(agent, sandboxes.RoleSession)
-	left := MakeSandboxSecret(spec, r.b.p, nil)
+	left := resources.MakeSandboxSecret(spec, r.b.p, nil)
 	_, err := r.kube.CoreV1().Secrets(r.ns).Create(r.ctx(), left, metav1.CreateOptions{})
 	require.NoError(t, err)
 	require.NoError(t, r.b.Destroy(r.ctx(), sandboxes.Sandbox{ID: spec.ID, AgentID: agent.ID}))
