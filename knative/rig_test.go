@@ -46,7 +46,9 @@ var shared struct {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if shared.srv != nil {
-		_ = shared.srv.Stop()
+		if err := shared.srv.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "stop the shared kube-apiserver: %v\n", err)
+		}
 	}
 	os.Exit(code)
 }
@@ -252,7 +254,7 @@ func newAgent(name string) sandboxes.AgentSpec {
 func ptr[T any](v T) *T { return &v }
 
 func newSpec(agent sandboxes.AgentSpec, role string) sandboxes.Spec {
-	id, _ := uuid.NewV7()
+	id := uuid.Must(uuid.NewV7())
 	return sandboxes.Spec{
 		ID:    id.String(),
 		Role:  role,
