@@ -4,8 +4,23 @@
 // a 0% traffic tag. Suspending a sandbox takes its tag out of the route, so
 // Knative scales it to zero; resuming puts the tag back.
 //
-// The package has two layers: pure builders of the Kubernetes objects
-// (builders.go), tested against Knative's own defaulting and validation,
-// and a client layer (backend.go) on the generated serving clientset that
-// serialises each agent's template updates and waits on informers.
+// The objects themselves are built, without I/O, by knative/resources.
+// This package owns the client layer that writes and watches them, on the
+// generated serving clientset, one concern per file:
+//
+//   - backend.go: the Backend, its clients and informers (construction,
+//     preflight, Close);
+//   - params.go: the builders' Params and harness images from lap's
+//     configuration;
+//   - agent.go: an agent's Service (EnsureAgent, DeleteAgent);
+//   - sandbox.go: a sandbox's life (Provision, Suspend, Resume, Destroy);
+//   - service.go: the serialised, conflict-retried writes to an agent's
+//     Service that every operation above goes through;
+//   - secrets.go: the agent's and each sandbox's Secret, and the harness
+//     token read back from them;
+//   - locate.go: finding sandboxes in the informers' caches (List for
+//     adoption, Destroy of a bare record) and their endpoints;
+//   - wait.go: waits on informer events for what Knative reports;
+//   - probe.go: the readiness probe of a sandbox's harness;
+//   - logs.go: a sandbox's pod log.
 package knative

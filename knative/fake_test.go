@@ -2,7 +2,6 @@ package knative
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -101,7 +100,7 @@ func (p *fakePod) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, "[]")
 	case r.Method == http.MethodPost && r.URL.Path == "/session":
 		p.sessionPosts++
-		_ = json.NewEncoder(w).Encode(map[string]string{"id": fmt.Sprintf("ses_%d", p.sessionPosts), "title": ""})
+		fmt.Fprintf(w, `{"id":"ses_%d","title":""}`, p.sessionPosts)
 	default:
 		http.NotFound(w, r)
 	}
@@ -214,6 +213,18 @@ func (f *fakeKnative) setWarmup(n int) {
 	f.warmup = n
 }
 
+// kill makes the pod of a routed revision die, as a crash would; the
+// next reconcile starts another, as a revision's Deployment would.
+func (f *fakeKnative) kill(rev string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.pods[rev] == nil {
+		return fmt.Errorf("revision %s has no pod to kill", rev)
+	}
+	delete(f.pods, rev)
+	return nil
+}
+
 // pod returns the running pod of a revision, or nil.
 func (f *fakeKnative) pod(rev string) *fakePod {
 	f.mu.Lock()
@@ -224,7 +235,11 @@ func (f *fakeKnative) pod(rev string) *fakePod {
 func (f *fakeKnative) reconcileAll(ctx context.Context) {
 	f.reconcileMu.Lock()
 	defer f.reconcileMu.Unlock()
-	svcs, _ := f.services.List(labels.Everything())
+	svcs, err := f.services.List(labels.Everything())
+	if err != nil {
+		fmt.Printf("fake knative: list services: %v\n", err)
+		return
+	}
 	routed := map[string]*servingv1.Revision{} // of every routed tag
 	hosts := map[string]string{}               // tag host → revision
 	routes := map[string]map[string]string{}
@@ -410,17 +425,24 @@ func (f *fakeKnative) reconcileRevisions(ctx context.Context, svcName string) er
 // collectGarbage deletes Configurations whose Service is gone and
 // revisions whose Configuration is gone.
 func (f *fakeKnative) collectGarbage(ctx context.Context) {
-	cfgs, _ := f.configs.List(labels.Everything())
-	for _, c := range cfgs {
-		if _, err := f.services.Get(c.Name); apierrors.IsNotFound(err) {
-			_ = f.client.ServingV1().Configurations(f.ns).Delete(ctx, c.Name, metav1.DeleteOptions{})
+	report := func(err error, what string) {
+		if err != nil && !apierrors.IsNotFound(err) && ctx.Err() == nil {
+			fmt.Printf("fake knative: collect garbage: %s: %v\n", what, err)
 		}
 	}
-	revs, _ := f.revisions.List(labels.Everything())
+	cfgs, err := f.configs.List(labels.Everything())
+	report(err, "list configurations")
+	for _, c := range cfgs {
+		if _, err := f.services.Get(c.Name); apierrors.IsNotFound(err) {
+			report(f.client.ServingV1().Configurations(f.ns).Delete(ctx, c.Name, metav1.DeleteOptions{}), "delete configuration "+c.Name)
+		}
+	}
+	revs, err := f.revisions.List(labels.Everything())
+	report(err, "list revisions")
 	for _, r := range revs {
 		if _, err := f.configs.Get(r.Labels[serving.ConfigurationLabelKey]); apierrors.IsNotFound(err) {
 			if _, err := f.services.Get(r.Labels[serving.ServiceLabelKey]); apierrors.IsNotFound(err) {
-				_ = f.client.ServingV1().Revisions(f.ns).Delete(ctx, r.Name, metav1.DeleteOptions{})
+				report(f.client.ServingV1().Revisions(f.ns).Delete(ctx, r.Name, metav1.DeleteOptions{}), "delete revision "+r.Name)
 			}
 		}
 	}

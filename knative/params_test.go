@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"lap.dev/lap/config"
+	"lap.dev/lap/knative/resources"
 	"lap.dev/lap/sandboxes"
 )
 
@@ -49,12 +50,12 @@ func TestParamsFromConfig(t *testing.T) {
 	tests := []struct {
 		name    string
 		env     map[string]string
-		want    Params
+		want    resources.Params
 		wantErr string
 	}{{
 		name: "defaults",
 		env:  map[string]string{},
-		want: Params{
+		want: resources.Params{
 			Namespace: "lap-agents",
 			Images: map[string]string{
 				"lap":              "ko://lap.dev/lap/cmd/lap-harness",
@@ -82,7 +83,7 @@ func TestParamsFromConfig(t *testing.T) {
 			"KNATIVE_REVISION_TIMEOUT":       "45m",
 			"KNATIVE_CLUSTER_LOCAL":          "false",
 		},
-		want: Params{
+		want: resources.Params{
 			Namespace: "agents",
 			Images: map[string]string{
 				"lap":              "registry.example/lap-harness@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",

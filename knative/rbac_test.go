@@ -16,6 +16,7 @@ import (
 	servingclient "knative.dev/serving/pkg/client/clientset/versioned"
 
 	"lap.dev/lap/e2e/kubeapitest"
+	"lap.dev/lap/knative/resources"
 	"lap.dev/lap/sandboxes"
 )
 
@@ -44,7 +45,7 @@ func TestRBAC(t *testing.T) {
 	agent := newAgent("rbac-fail")
 	require.NoError(t, r.b.EnsureAgent(r.ctx(), agent))
 	spec := newSpec(agent, sandboxes.RoleSession)
-	r.fake.failRevision(SandboxRevisionName(agent.Name, spec.ID), "no such image")
+	r.fake.failRevision(resources.SandboxRevisionName(agent.Name, spec.ID), "no such image")
 	_, err = r.b.Provision(r.ctx(), spec)
 	require.ErrorIs(t, err, sandboxes.ErrNotReady)
 
@@ -93,7 +94,7 @@ func TestRBAC(t *testing.T) {
 			return err
 		}},
 		{"create a Knative Service elsewhere", func() error {
-			_, err := sc.ServingV1().Services("default").Create(ctx, MakeService(newAgent("elsewhere"), testParams()), metav1.CreateOptions{})
+			_, err := sc.ServingV1().Services("default").Create(ctx, resources.MakeService(newAgent("elsewhere"), r.b.p), metav1.CreateOptions{})
 			return err
 		}},
 		{"read a pod's log in lap-system", func() error {
@@ -123,7 +124,7 @@ func sandboxPod(sb sandboxes.Sandbox) *corev1.Pod {
 			Labels: map[string]string{serving.RevisionLabelKey: sb.Data[DataRevision]},
 		},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{
-			Name:  ContainerName,
+			Name:  resources.ContainerName,
 			Image: "kind.local/lap-harness:test",
 			SecurityContext: &corev1.SecurityContext{
 				RunAsNonRoot:             ptr(true),

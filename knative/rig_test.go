@@ -46,7 +46,9 @@ var shared struct {
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if shared.srv != nil {
-		_ = shared.srv.Stop()
+		if err := shared.srv.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "stop the shared kube-apiserver: %v\n", err)
+		}
 	}
 	os.Exit(code)
 }
@@ -230,16 +232,29 @@ func (r *rig) eventually(cond func() bool, format string, args ...any) {
 	require.Eventuallyf(r.t, cond, 30*time.Second, 10*time.Millisecond, format, args...)
 }
 
+// newAgent is an agent of the lap harness with every part of its
+// environment, under a fresh id.
 func newAgent(name string) sandboxes.AgentSpec {
-	a := testAgent()
-	a.ID = uuid.NewString()
-	a.Name = name
-	a.Generation = 1
-	return a
+	return sandboxes.AgentSpec{
+		ID:         uuid.NewString(),
+		Name:       name,
+		HarnessID:  "lap",
+		Generation: 1,
+		Env: map[string]string{
+			"REPO_URL":         "https://git.example/acme/app.git",
+			"BRANCH":           "main",
+			"AGENT_PROMPT":     "You review pull requests.",
+			"LAP_MODEL":        "mock/tools",
+			"LITELLM_API_BASE": "http://lapd.lap-system.svc.cluster.local/llm",
+		},
+		Secrets: map[string]string{"GITHUB_TOKEN": "ghp_x"},
+	}
 }
 
+func ptr[T any](v T) *T { return &v }
+
 func newSpec(agent sandboxes.AgentSpec, role string) sandboxes.Spec {
-	id, _ := uuid.NewV7()
+	id := uuid.Must(uuid.NewV7())
 	return sandboxes.Spec{
 		ID:    id.String(),
 		Role:  role,

@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
@@ -154,29 +155,29 @@ func Apply(ctx context.Context, cfg *rest.Config, objs ...*unstructured.Unstruct
 
 // waitEstablished polls a CRD until its Established condition is True.
 func waitEstablished(ctx context.Context, dyn dynamic.Interface, name string) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		u, err := dyn.Resource(crdGVR).Get(ctx, name, metav1.GetOptions{})
-		if err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("get CustomResourceDefinition %s: %w", name, err)
+		if apierrors.IsNotFound(err) {
+			return false, nil
 		}
-		if err == nil {
-			conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-			for _, c := range conds {
-				if m, ok := c.(map[string]any); ok && m["type"] == "Established" && m["status"] == "True" {
-					return nil
-				}
+		if err != nil {
+			return false, fmt.Errorf("get CustomResourceDefinition %s: %w", name, err)
+		}
+		conds, _, err := unstructured.NestedSlice(u.Object, "status", "conditions")
+		if err != nil {
+			return false, fmt.Errorf("CustomResourceDefinition %s status: %w", name, err)
+		}
+		for _, c := range conds {
+			if m, ok := c.(map[string]any); ok && m["type"] == "Established" && m["status"] == "True" {
+				return true, nil
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("CustomResourceDefinition %s not established: %w", name, ctx.Err())
-		case <-tick.C:
-		}
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("CustomResourceDefinition %s not established: %w", name, err)
 	}
+	return nil
 }
 
 // ModuleDir returns the directory of a module in the main module's build

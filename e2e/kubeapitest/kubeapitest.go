@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
@@ -185,12 +186,16 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 
 	if err := s.waitKubeconfig(ctx, opts.Timeout); err != nil {
 		tail := s.LogTail(4096)
-		_ = s.Stop()
+		if serr := s.Stop(); serr != nil {
+			err = errors.Join(err, fmt.Errorf("stop it: %w", serr))
+		}
 		return nil, fmt.Errorf("kube-apiserver did not start: %w\n%s", err, tail)
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", s.Kubeconfig)
 	if err != nil {
-		_ = s.Stop()
+		if serr := s.Stop(); serr != nil {
+			err = errors.Join(err, fmt.Errorf("stop the apiserver: %w", serr))
+		}
 		return nil, fmt.Errorf("read %s: %w", s.Kubeconfig, err)
 	}
 	// Tests create many objects quickly; client-go's default of 5 QPS
@@ -203,24 +208,21 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 // waitKubeconfig polls for the kubeconfig, which lap-kubeapi writes
 // (atomically) only once the apiserver answers /readyz.
 func (s *Server) waitKubeconfig(ctx context.Context, timeout time.Duration) error {
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(25 * time.Millisecond)
-	defer tick.Stop()
-	for {
+	err := wait.PollUntilContextTimeout(ctx, 25*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
 		if _, err := os.Stat(s.Kubeconfig); err == nil {
-			return nil
+			return true, nil
 		}
 		select {
 		case <-s.done:
-			return fmt.Errorf("lap-kubeapi exited: %v", s.waitErr)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-deadline.C:
-			return fmt.Errorf("not ready after %s", timeout)
-		case <-tick.C:
+			return false, fmt.Errorf("lap-kubeapi exited: %v", s.waitErr)
+		default:
+			return false, nil
 		}
+	})
+	if err != nil && ctx.Err() == nil && wait.Interrupted(err) {
+		return fmt.Errorf("not ready after %s: %w", timeout, err)
 	}
+	return err
 }
 
 // ConfigFor returns a client config for the user of a token given in
@@ -247,21 +249,31 @@ func (s *Server) LogTail(n int) string {
 // Stop shuts the apiserver down (SIGTERM, then SIGKILL after 30 s) and
 // removes Dir if Start created it. Calling it twice is harmless.
 func (s *Server) Stop() error {
+	var errs []error
 	if s.cmd != nil && s.cmd.Process != nil {
 		select {
 		case <-s.done:
 		default:
-			_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGTERM)
+			errs = append(errs, signal(s.cmd.Process.Pid, syscall.SIGTERM))
 			select {
 			case <-s.done:
 			case <-time.After(30 * time.Second):
-				_ = syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
+				errs = append(errs, signal(s.cmd.Process.Pid, syscall.SIGKILL))
 				<-s.done
 			}
 		}
 	}
 	if s.ownDir {
-		return os.RemoveAll(s.Dir)
+		errs = append(errs, os.RemoveAll(s.Dir))
+	}
+	return errors.Join(errs...)
+}
+
+// signal sends sig to the apiserver's process group; a group already gone
+// (it exited between the check and the signal) is no error.
+func signal(pid int, sig syscall.Signal) error {
+	if err := syscall.Kill(-pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signal %v to lap-kubeapi (pid %d): %w", sig, pid, err)
 	}
 	return nil
 }

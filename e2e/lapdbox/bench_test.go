@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"lap.dev/lap/control/api"
-	"lap.dev/lap/knative"
+	"lap.dev/lap/knative/resources"
 )
 
 // BenchmarkLapOnKnative measures lap on Knative Serving's real control
@@ -53,7 +53,7 @@ func BenchmarkLapOnKnative(b *testing.B) {
 			if s.Status != api.SessionReady {
 				b.Fatalf("warm claim answered %s, not ready", s.Status)
 			}
-			claimed[knative.SandboxRevisionName("warm", s.SandboxID)] = true
+			claimed[resources.SandboxRevisionName("warm", s.SandboxID)] = true
 			r.message(s.ID, "hello")
 			sessions = append(sessions, s)
 		}
@@ -73,7 +73,7 @@ func BenchmarkLapOnKnative(b *testing.B) {
 		}
 
 		for _, s := range sessions[:resumeRounds] {
-			rev := knative.SandboxRevisionName("warm", s.SandboxID)
+			rev := resources.SandboxRevisionName("warm", s.SandboxID)
 			r.eventually("session idle and its pod gone", 3*time.Minute, func() bool {
 				_, all := r.pods(rev)
 				return r.session(s.ID).Status == api.SessionIdle && len(all) == 0

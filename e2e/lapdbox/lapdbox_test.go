@@ -17,7 +17,7 @@ import (
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
 
 	"lap.dev/lap/control/api"
-	"lap.dev/lap/knative"
+	"lap.dev/lap/knative/resources"
 	"lap.dev/lap/sandboxes"
 )
 
@@ -48,14 +48,14 @@ func TestLapOnKnative(t *testing.T) {
 			EnvVars:      map[string]string{"BOX_SECRET": "s3cret"},
 			WarmPoolSize: &pool,
 		}, &agent)
-		base := knative.BaseRevisionName(name, 1)
+		base := resources.BaseRevisionName(name, 1)
 		r.eventually("Service Ready with the base revision at 100%", 3*time.Minute, func() bool {
 			svc := r.service(name)
 			return svc != nil && svc.IsReady() && baseAt100(svc.Spec.Traffic, base) && baseAt100(svc.Status.Traffic, base)
 		}, func() string { return fmt.Sprintf("%+v", r.service(name)) })
 		svc := r.service(name)
-		assert.Equal(t, knative.ManagedBy, svc.Labels[knative.LabelManagedBy])
-		assert.Equal(t, agent.ID, svc.Labels[knative.LabelAgentID])
+		assert.Equal(t, resources.ManagedBy, svc.Labels[resources.LabelManagedBy])
+		assert.Equal(t, agent.ID, svc.Labels[resources.LabelAgentID])
 	})
 
 	var warm map[string]string // tag → revision
@@ -79,7 +79,7 @@ func TestLapOnKnative(t *testing.T) {
 		})
 		for _, rev := range warm {
 			labels := r.sandboxRevisions(name)[rev]
-			assert.Equal(t, sandboxes.RoleWarm, labels[knative.LabelRole], rev)
+			assert.Equal(t, sandboxes.RoleWarm, labels[resources.LabelRole], rev)
 			_, all := r.pods(rev)
 			assert.Len(t, all, 1, "min-scale = max-scale = 1: one pod for %s", rev)
 			r.assertTokensInSecret(rev)
@@ -94,7 +94,7 @@ func TestLapOnKnative(t *testing.T) {
 		r.mustCall(http.MethodPost, "/agents/"+name+"/session", api.CreateSessionRequest{Title: "box"}, &sess)
 		to := time.Now()
 		require.Equal(t, api.SessionReady, sess.Status, "a warm claim answers ready")
-		claimed = knative.SandboxRevisionName(name, sess.SandboxID)
+		claimed = resources.SandboxRevisionName(name, sess.SandboxID)
 		require.Contains(t, slices.Collect(maps.Values(warm)), claimed, "the session got one of the warm revisions")
 		// The pool refills at once, so lapd's writes in the window may
 		// provision a new warm sandbox; none may touch anything else.
@@ -127,7 +127,7 @@ func TestLapOnKnative(t *testing.T) {
 		assert.Equal(t, r.box.ComponentIP("activator").String(), firstIP(eps), "revision %s is served through the activator", claimed)
 	})
 
-	tag := knative.SandboxTag(sess.SandboxID)
+	tag := resources.SandboxTag(sess.SandboxID)
 	s.step("idle → tag removed → the revision's pods go to zero (seen in the API)", func() {
 		r.eventually("session idle", 2*idleTimeout+time.Minute, func() bool { return r.session(sess.ID).Status == api.SessionIdle },
 			func() string { return fmt.Sprintf("%+v", r.session(sess.ID)) })
@@ -174,7 +174,7 @@ func TestLapOnKnative(t *testing.T) {
 		var updated api.Agent
 		r.mustCall(http.MethodPatch, "/agents/"+name, api.UpdateAgentRequest{Prompt: &prompt}, &updated)
 		require.Equal(t, int64(2), updated.Generation)
-		base := knative.BaseRevisionName(name, 2)
+		base := resources.BaseRevisionName(name, 2)
 		r.eventually("generation 2: base pinned, a full pool of new warm revisions, the old ones gone", 4*time.Minute, func() bool {
 			svc := r.service(name)
 			if !baseAt100(svc.Spec.Traffic, base) || !baseAt100(svc.Status.Traffic, base) {
@@ -191,7 +191,7 @@ func TestLapOnKnative(t *testing.T) {
 				}
 			}
 			for _, rev := range spec {
-				if revs[rev][knative.LabelGeneration] != "2" {
+				if revs[rev][resources.LabelGeneration] != "2" {
 					return false
 				}
 				if running, _ := r.pods(rev); len(running) != 1 {
@@ -208,7 +208,7 @@ func TestLapOnKnative(t *testing.T) {
 	s.step("agent deleted → Service gone", func() {
 		r.mustCall(http.MethodDelete, "/agents/"+name, nil, nil)
 		r.eventually("Service, Secrets and revisions gone", 2*time.Minute, func() bool {
-			_, err := r.kube.CoreV1().Secrets(agentsNS).Get(context.Background(), knative.SecretName(name), metav1.GetOptions{})
+			_, err := r.kube.CoreV1().Secrets(agentsNS).Get(context.Background(), resources.SecretName(name), metav1.GetOptions{})
 			return r.service(name) == nil && apierrors.IsNotFound(err) && len(r.sandboxRevisions(name)) == 0 && len(r.sandboxSecrets(agent.ID)) == 0
 		}, func() string { return fmt.Sprintf("sandbox secrets %v", r.sandboxSecrets(agent.ID)) })
 		r.eventually("every sandbox pod gone", 3*time.Minute, func() bool {

@@ -41,7 +41,7 @@ import (
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/e2e/kubeapitest"
 	"lap.dev/lap/internal/waitfor"
-	"lap.dev/lap/knative"
+	"lap.dev/lap/knative/resources"
 )
 
 // lapd runs as the ServiceAccount config/deploy gives it.
@@ -345,7 +345,7 @@ func (r *rig) revisionExists(name string) bool {
 func (r *rig) sandboxRevisions(agent string) map[string]map[string]string {
 	r.t.Helper()
 	list, err := r.sc.ServingV1().Revisions(agentsNS).List(context.Background(), metav1.ListOptions{
-		LabelSelector: serving.ServiceLabelKey + "=" + agent + "," + knative.LabelSandboxID,
+		LabelSelector: serving.ServiceLabelKey + "=" + agent + "," + resources.LabelSandboxID,
 	})
 	require.NoError(r.t, err)
 	out := map[string]map[string]string{}
@@ -361,7 +361,7 @@ func (r *rig) sandboxRevisions(agent string) map[string]map[string]string {
 func (r *rig) sandboxSecrets(agentID string) []string {
 	r.t.Helper()
 	list, err := r.kube.CoreV1().Secrets(agentsNS).List(context.Background(), metav1.ListOptions{
-		LabelSelector: knative.LabelAgentID + "=" + agentID + "," + knative.LabelSandboxID,
+		LabelSelector: resources.LabelAgentID + "=" + agentID + "," + resources.LabelSandboxID,
 	})
 	require.NoError(r.t, err)
 	var out []string
@@ -462,7 +462,7 @@ func (e auditEvent) newSandboxTemplate(existing map[string]map[string]string) (s
 	}
 	name := svc.Spec.Template.Name
 	_, known := existing[name]
-	return name, svc.Spec.Template.Labels[knative.LabelSandboxID] != "" && !known
+	return name, svc.Spec.Template.Labels[resources.LabelSandboxID] != "" && !known
 }
 
 // newSandboxSecret reports whether a write creates the Secret of a
@@ -476,7 +476,7 @@ func (e auditEvent) newSandboxSecret(existing map[string]map[string]string) (str
 		return "", false
 	}
 	_, known := existing[s.Name]
-	return s.Name, s.Labels[knative.LabelSandboxID] != "" && !known
+	return s.Name, s.Labels[resources.LabelSandboxID] != "" && !known
 }
 
 // echo is the fake LLM's answer: every user message of the conversation

@@ -39,6 +39,14 @@ type Options struct {
 	// KeepsSessions says harness sessions survive Suspend and Resume
 	// (true when the workspace is kept, as on the local backend).
 	KeepsSessions bool
+	// ListSettles says List shows what Provision, Suspend, Destroy and
+	// DeleteAgent did only some time after they return, at most this
+	// long; the suite then polls List until it shows what it expects, or
+	// this time is up, before asserting. 0: List shows it at once (local).
+	// Knative's List reads informer caches, which see the backend's own
+	// writes a moment later, and a deleted agent's revisions are removed
+	// by Kubernetes' garbage collector after DeleteAgent returns.
+	ListSettles time.Duration
 	// Timeout bounds each test; 0 means two minutes.
 	Timeout time.Duration
 	// Client reaches the sandboxes' endpoints; nil means a plain client.
@@ -156,6 +164,30 @@ func (s *suite) requireReady(t *testing.T, ctx context.Context, sb sandboxes.San
 	require.NoError(t, err, "the harness is ready (GET /session answers 2xx)")
 }
 
+// listedWhen is List's view of sandbox id once want holds of it: at once,
+// or, for a backend whose List settles (Options.ListSettles), polled until
+// want holds or that time is up. The caller asserts on the view returned.
+func (s *suite) listedWhen(t *testing.T, ctx context.Context, id string, want func(sb sandboxes.Sandbox, ok bool) bool) (sandboxes.Sandbox, bool) {
+	t.Helper()
+	deadline := time.Now().Add(s.opts.ListSettles)
+	for {
+		sb, ok := s.listed(t, ctx, id)
+		if want(sb, ok) || !time.Now().Before(deadline) {
+			return sb, ok
+		}
+		select {
+		case <-ctx.Done():
+			return sb, ok
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Views of a sandbox in List, for listedWhen.
+func running(sb sandboxes.Sandbox, ok bool) bool   { return ok && sb.Running }
+func suspended(sb sandboxes.Sandbox, ok bool) bool { return ok && !sb.Running }
+func absent(_ sandboxes.Sandbox, ok bool) bool     { return !ok }
+
 func (s *suite) listed(t *testing.T, ctx context.Context, id string) (sandboxes.Sandbox, bool) {
 	t.Helper()
 	all, err := s.b.List(ctx)
@@ -179,7 +211,7 @@ func (s *suite) provisionReady(t *testing.T, ctx context.Context, agent sandboxe
 	require.NoError(t, err)
 	assert.Equal(t, http.StatusUnauthorized, status, "the harness was given HARNESS_AUTH_TOKEN and checks it")
 
-	got, ok := s.listed(t, ctx, sb.ID)
+	got, ok := s.listedWhen(t, ctx, sb.ID, running)
 	require.True(t, ok, "List includes a provisioned sandbox")
 	assert.True(t, got.Running)
 	assert.Equal(t, agent.ID, got.AgentID)
@@ -211,7 +243,7 @@ func (s *suite) suspendResume(t *testing.T, ctx context.Context, agent sandboxes
 	assert.False(t, sb.Running, "a suspended sandbox is not running")
 	sb, err = s.b.Suspend(ctx, sb)
 	require.NoError(t, err, "Suspend is idempotent")
-	got, ok := s.listed(t, ctx, sb.ID)
+	got, ok := s.listedWhen(t, ctx, sb.ID, suspended)
 	require.True(t, ok, "List includes a suspended sandbox")
 	assert.False(t, got.Running)
 
@@ -250,7 +282,7 @@ func (s *suite) destroy(t *testing.T, ctx context.Context, agent sandboxes.Agent
 	sb, _ := s.provision(t, ctx, agent)
 	require.NoError(t, s.b.Destroy(ctx, sb))
 	require.NoError(t, s.b.Destroy(ctx, sb), "Destroy is idempotent")
-	_, ok := s.listed(t, ctx, sb.ID)
+	_, ok := s.listedWhen(t, ctx, sb.ID, absent)
 	assert.False(t, ok, "List excludes a destroyed sandbox")
 	_, err := s.b.Resume(ctx, sb)
 	require.Error(t, err, "Resume of a destroyed sandbox")
@@ -265,7 +297,7 @@ func (s *suite) cancelledProvision(t *testing.T, ctx context.Context, agent sand
 	_, err := s.b.Provision(cctx, sandboxes.Spec{ID: id, Role: sandboxes.RoleSession, Agent: agent,
 		Env: map[string]string{"HARNESS_AUTH_TOKEN": uuid.NewString()}})
 	require.Error(t, err, "Provision with a cancelled context")
-	_, ok := s.listed(t, ctx, id)
+	_, ok := s.listedWhen(t, ctx, id, absent)
 	assert.False(t, ok, "a failed provision leaves nothing behind")
 }
 
@@ -310,7 +342,7 @@ func (s *suite) deleteAgent(t *testing.T, ctx context.Context, agent sandboxes.A
 	require.NoError(t, s.b.DeleteAgent(ctx, agent))
 	require.NoError(t, s.b.DeleteAgent(ctx, agent), "DeleteAgent is idempotent")
 	for _, sb := range []sandboxes.Sandbox{a, b} {
-		_, ok := s.listed(t, ctx, sb.ID)
+		_, ok := s.listedWhen(t, ctx, sb.ID, absent)
 		assert.False(t, ok, "sandbox %s of a deleted agent is still listed", sb.ID)
 	}
 	// The cleanup's DeleteAgent runs once more; EnsureAgent again so the

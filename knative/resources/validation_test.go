@@ -1,4 +1,4 @@
-package knative
+package resources
 
 import (
 	"context"
@@ -32,7 +32,7 @@ import (
 func deployConfigContext(t testing.TB) context.Context {
 	t.Helper()
 	load := func(name string) *corev1.ConfigMap {
-		b, err := os.ReadFile(filepath.Join("..", "config", "deploy", "knative-patches", name+".yaml"))
+		b, err := os.ReadFile(filepath.Join("..", "..", "config", "deploy", "knative-patches", name+".yaml"))
 		require.NoError(t, err)
 		var cm corev1.ConfigMap
 		require.NoError(t, yaml.Unmarshal(b, &cm))
