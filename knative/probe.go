@@ -5,13 +5,12 @@ import (
 	"fmt"
 	"math"
 	"net/http"
-	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"lap.dev/lap/sandboxes"
-	"lap.dev/lap/sandboxes/protocol"
+	"lap.dev/lap/sandboxes/harnessclient"
 )
 
 // probeBackoff paces the readiness probe: quickly at first, since a
@@ -35,23 +34,10 @@ func (b *Backend) probe(ctx context.Context, ep sandboxes.Endpoint, token string
 	return nil
 }
 
-// harnessReady is the probe's one request, the backend's only HTTP call
-// to a harness: GET /session with the sandbox's token, through ep; nil
-// when the harness answers 2xx (ARCHITECTURE §5's readiness).
+// harnessReady is the probe's one request, the backend's only call to a
+// harness: the harness protocol client's readiness check (GET /session
+// with the sandbox's token, through ep; nil when the harness answers
+// 2xx, ARCHITECTURE §5).
 func harnessReady(ctx context.Context, client *http.Client, ep sandboxes.Endpoint, token string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(ep.URL, "/")+"/session", nil)
-	if err != nil {
-		return err
-	}
-	ep.Apply(req)
-	req.Header.Set("Authorization", protocol.Bearer(token))
-	res, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	res.Body.Close()
-	if res.StatusCode/100 != 2 {
-		return fmt.Errorf("GET /session: %s", res.Status)
-	}
-	return nil
+	return harnessclient.NewWithClient(client).Ready(ctx, harnessclient.Target{Endpoint: ep, Token: token})
 }
