@@ -18,6 +18,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+
+	"lap.dev/lap/sandboxes/protocol/sse"
 )
 
 // WriteEvent writes one server-sent event: "event: <name>" when name is
@@ -31,18 +33,13 @@ func WriteEvent(w io.Writer, name string, v any) error {
 	return WriteRawEvent(w, name, b)
 }
 
-// WriteRawEvent is WriteEvent with data already encoded (it must hold no
-// newline), e.g. OpenAI's closing "[DONE]".
+// WriteRawEvent is WriteEvent with data already encoded, e.g. OpenAI's
+// closing "[DONE]"; it is encoded by lap's one SSE writer.
 func WriteRawEvent(w io.Writer, name string, data []byte) error {
-	buf := make([]byte, 0, len(name)+len(data)+16)
-	if name != "" {
-		buf = append(buf, "event: "...)
-		buf = append(buf, name...)
-		buf = append(buf, '\n')
+	buf, err := sse.AppendEvent(make([]byte, 0, len(name)+len(data)+16), sse.Event{Type: name, Data: data})
+	if err != nil {
+		return err
 	}
-	buf = append(buf, "data: "...)
-	buf = append(buf, data...)
-	buf = append(buf, "\n\n"...)
-	_, err := w.Write(buf)
+	_, err = w.Write(buf)
 	return err
 }
