@@ -115,6 +115,12 @@ func revisionSpec(c corev1.Container, p Params) servingv1.RevisionSpec {
 		// One harness serves a session's turn and its event stream at once.
 		ContainerConcurrency: ptr[int64](0),
 		TimeoutSeconds:       ptr(p.TimeoutSeconds),
+		// A turn is one request that sends nothing until the turn ends.
+		// Knative 1.15 defaults the time to a response's first byte to
+		// revision-timeout-seconds (300) whenever that is shorter than
+		// TimeoutSeconds, and queue-proxy and the activator both enforce
+		// it, so without this every turn longer than five minutes is cut.
+		ResponseStartTimeoutSeconds: ptr(p.TimeoutSeconds),
 	}
 }
 

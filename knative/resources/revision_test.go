@@ -52,9 +52,10 @@ func TestMakeSandboxTemplate(t *testing.T) {
 				},
 			},
 			Spec: servingv1.RevisionSpec{
-				PodSpec:              wantPodSpec(env, envFrom),
-				ContainerConcurrency: ptr[int64](0),
-				TimeoutSeconds:       ptr[int64](3600),
+				PodSpec:                     wantPodSpec(env, envFrom),
+				ContainerConcurrency:        ptr[int64](0),
+				TimeoutSeconds:              ptr[int64](3600),
+				ResponseStartTimeoutSeconds: ptr[int64](3600),
 			},
 		},
 	}}

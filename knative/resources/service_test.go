@@ -48,9 +48,10 @@ func TestMakeService(t *testing.T) {
 						},
 					},
 					Spec: servingv1.RevisionSpec{
-						PodSpec:              wantPodSpec(baseEnv, nil),
-						ContainerConcurrency: ptr[int64](0),
-						TimeoutSeconds:       ptr[int64](3600),
+						PodSpec:                     wantPodSpec(baseEnv, nil),
+						ContainerConcurrency:        ptr[int64](0),
+						TimeoutSeconds:              ptr[int64](3600),
+						ResponseStartTimeoutSeconds: ptr[int64](3600),
 					},
 				}},
 				RouteSpec: servingv1.RouteSpec{Traffic: []servingv1.TrafficTarget{

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -193,4 +194,28 @@ func TestKnativeRejectsWhatTheManifestsForbid(t *testing.T) {
 	uctx := apis.WithinUpdate(ctx, old)
 	next.SetDefaults(uctx)
 	require.Error(t, next.Validate(uctx).Filter(apis.ErrorLevel))
+}
+
+// TestTurnsOutlastKnativesResponseStartDefault: a turn is one request that
+// sends nothing until it ends, so the time to its first byte must be the
+// revision's whole timeout. Knative 1.15 otherwise defaults it to
+// revision-timeout-seconds (300 s), which queue-proxy and the activator
+// enforce, and cuts every turn longer than five minutes.
+func TestTurnsOutlastKnativesResponseStartDefault(t *testing.T) {
+	t.Parallel()
+	ctx := deployConfigContext(t)
+	p := testParams()
+	svc := admit(ctx, t, nil, MakeService(testAgent(), p))
+	for _, rev := range []*servingv1.Revision{
+		knativeRevision(ctx, t, svc),
+		knativeRevision(ctx, t, func() *servingv1.Service {
+			next := svc.DeepCopy()
+			next.Spec.Template = MakeSandboxTemplate(testSpec("0193a1b2-c3d4-7e5f-8a9b-00000000000a", sandboxes.RoleWarm), p)
+			return admit(ctx, t, svc, next)
+		}()),
+	} {
+		require.NotNil(t, rev.Spec.ResponseStartTimeoutSeconds, "revision %s", rev.Name)
+		assert.Equal(t, p.TimeoutSeconds, *rev.Spec.ResponseStartTimeoutSeconds, "responseStartTimeoutSeconds of %s", rev.Name)
+		assert.Equal(t, p.TimeoutSeconds, *rev.Spec.TimeoutSeconds, "timeoutSeconds of %s", rev.Name)
+	}
 }
