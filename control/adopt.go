@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"errors"
 
 	"lap.dev/lap/sandboxes"
 	"lap.dev/lap/store"
@@ -23,7 +24,10 @@ import (
 //     pool manager refills it);
 //   - a sandbox the backend runs that no live record claims (its record
 //     is destroyed or failed, or lapd died before recording it) is
-//     destroyed.
+//     destroyed, if it is this lapd's: its record or its agent is in the
+//     store. Another lapd on the same cluster namespace (one in the
+//     cluster, one on a laptop) runs sandboxes this store has never
+//     heard of; they are left alone.
 func (o *orchestrator) adoptSandboxes(ctx context.Context) error {
 	found, err := o.backend.List(ctx)
 	if err != nil {
@@ -72,8 +76,15 @@ func (o *orchestrator) adoptSandboxes(ctx context.Context) error {
 		}
 	}
 	for id, bsb := range seen {
-		if rec, err := o.store.GetSandbox(ctx, id); err == nil && rec.State == store.SandboxProvisioning {
+		rec, err := o.store.GetSandbox(ctx, id)
+		if err == nil && rec.State == store.SandboxProvisioning {
 			continue // recoverState retires half-provisioned ones
+		}
+		if errors.Is(err, store.ErrNotFound) {
+			if _, aerr := o.store.GetAgent(ctx, bsb.AgentID); errors.Is(aerr, store.ErrNotFound) {
+				o.log.Info("leaving a sandbox of an agent this lapd does not know (another lapd's?)", "sandbox", id, "agent", bsb.AgentID)
+				continue
+			}
 		}
 		o.log.Warn("destroying a sandbox no live record claims", "sandbox", id, "agent", bsb.AgentID)
 		o.goBackground(func(ctx context.Context) {

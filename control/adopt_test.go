@@ -18,7 +18,8 @@ import (
 // A restarted control plane adopts the sandboxes that ran on: a live one
 // serves its session as it was (no provision, no replay), a dead one is
 // resumed at the next message, a lost one is replaced with the history
-// replayed, and one no record claims is destroyed.
+// replayed, one no record claims is destroyed, and one of an agent this
+// lapd never had (another lapd's) is left alone.
 func TestRestartAdoptsRunningSandboxes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -43,6 +44,12 @@ func TestRestartAdoptsRunningSandboxes(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, deadRec.Running)
 	require.NoError(t, backend.Forget(lost.SandboxID))
+	// A sandbox of an agent this lapd never had: another lapd's, on the
+	// same backend. It is left running.
+	stranger := sandboxes.AgentSpec{ID: store.NewID(), Name: "stranger", HarnessID: "lap", Generation: 1}
+	theirs, err := backend.Provision(ctx, sandboxes.Spec{ID: store.NewID(), Role: sandboxes.RoleSession, Agent: stranger,
+		Env: map[string]string{"HARNESS_AUTH_TOKEN": "t"}})
+	require.NoError(t, err)
 	provisioned := backend.Provisions()
 
 	second := startEnv(t, dir, envOptions{sandboxes: backend})
@@ -69,4 +76,6 @@ func TestRestartAdoptsRunningSandboxes(t *testing.T) {
 	assert.NotEqual(t, lost.SandboxID, second.session(lost.ID).SandboxID)
 
 	assert.Equal(t, provisioned+1, backend.Provisions(), "only the lost sandbox was provisioned anew")
+	_, err = backend.Logs(ctx, theirs, 1)
+	assert.NoError(t, err, "another lapd's sandbox is left alone")
 }
