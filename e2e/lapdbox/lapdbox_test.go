@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -158,6 +159,13 @@ func TestLapOnKnative(t *testing.T) {
 			assert.Contains(t, now, rev, "revision %s adopted, not replaced", rev)
 		}
 		assert.Len(t, now, len(before), "no sandbox provisioned for what was adopted")
+	})
+
+	s.step("a turn that sends nothing for longer than Knative's response-start default is answered", func() {
+		from := time.Now()
+		reply := r.message(sess.ID, slowPrefix+" take your time")
+		assert.True(t, strings.HasSuffix(reply, slowPrefix+" take your time"), "reply %q", reply)
+		assert.GreaterOrEqual(t, time.Since(from), slowTurn*3/4, "the turn lasted past the box's 4 s default")
 	})
 
 	s.step("session deleted → its revision and Secret gone", func() {

@@ -94,6 +94,11 @@ func newRig(t testing.TB, opts rigOptions) *rig {
 
 	start := time.Now()
 	r.box = box.StartForTest(t, box.Options{
+		// Knative's default time to a response's first byte is
+		// revision-timeout-seconds (300 s in a cluster); 4 s here, so a
+		// turn that answers after slowTurn proves lap's revisions set
+		// their own (a turn sends nothing until it ends).
+		Config: map[string]map[string]string{"config-defaults": {"revision-timeout-seconds": "4"}},
 		Tokens: []kubeapitest.Token{kubeapitest.ServiceAccountToken(token, "lap-system", "lapd")},
 		APIServerArgs: []string{
 			"--audit-policy-file=" + policy,
@@ -479,8 +484,17 @@ func (e auditEvent) newSandboxSecret(existing map[string]map[string]string) (str
 	return s.Name, s.Labels[resources.LabelSandboxID] != "" && !known
 }
 
+// slowPrefix makes the fake LLM stream its answer over about slowTurn:
+// longer than the box's response-start default (4 s).
+const (
+	slowPrefix = "slowly:"
+	slowTurn   = 8 * time.Second
+)
+
 // echo is the fake LLM's answer: every user message of the conversation
-// it was sent, so a reply shows the history the harness had.
+// it was sent, so a reply shows the history the harness had. A last
+// message starting with slowPrefix is answered in four chunks over
+// slowTurn.
 func echo(req fakellm.Request) fakellm.Reply {
 	var users []string
 	for _, m := range req.Messages {
@@ -488,7 +502,11 @@ func echo(req fakellm.Request) fakellm.Reply {
 			users = append(users, m.Text)
 		}
 	}
-	return fakellm.Text("heard: " + strings.Join(users, " | "))
+	reply := fakellm.Text("heard: " + strings.Join(users, " | "))
+	if len(users) > 0 && strings.HasPrefix(users[len(users)-1], slowPrefix) {
+		reply.Chunks, reply.ChunkDelay = 4, slowTurn/4
+	}
+	return reply
 }
 
 // gitRepo makes a repository with one commit on main and returns its
