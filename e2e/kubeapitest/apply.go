@@ -163,10 +163,9 @@ func waitEstablished(ctx context.Context, dyn dynamic.Interface, name string) er
 		if err != nil {
 			return false, fmt.Errorf("get CustomResourceDefinition %s: %w", name, err)
 		}
-		conds, _, err := unstructured.NestedSlice(u.Object, "status", "conditions")
-		if err != nil {
-			return false, fmt.Errorf("CustomResourceDefinition %s status: %w", name, err)
-		}
+		// status.conditions is null until the apiserver's CRD controller
+		// first sets it: not yet, rather than an error.
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
 		for _, c := range conds {
 			if m, ok := c.(map[string]any); ok && m["type"] == "Established" && m["status"] == "True" {
 				return true, nil

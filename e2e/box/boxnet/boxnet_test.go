@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"lap.dev/lap/e2e/box/boxnet"
+	"lap.dev/lap/internal/waitfor"
 )
 
 func TestHostsFile(t *testing.T) {
@@ -86,9 +87,16 @@ func TestNetworkAndSweep(t *testing.T) {
 	require.NoError(t, sleeper.Start())
 	reaped := make(chan struct{})
 	go func() { _ = sleeper.Wait(); close(reaped) }()
-	left, err := boxnet.Leftovers(ctx, n.Slot)
-	require.NoError(t, err)
-	joined := strings.Join(left, "\n")
+	// The process is seen once `ip netns exec` has become sleep; on a
+	// busy machine its /proc entry can be unreadable for a moment while
+	// it execs, so the listing is asked until it shows the process.
+	var joined string
+	waitfor.Cond(t, "the marked process among the leftovers", func() bool {
+		left, err := boxnet.Leftovers(ctx, n.Slot)
+		require.NoError(t, err)
+		joined = strings.Join(left, "\n")
+		return strings.Contains(joined, "process")
+	})
 	for _, want := range []string{"netns " + a.Name, "netns " + b.Name, "link lbx", "address", "process"} {
 		assert.Contains(t, joined, want)
 	}
@@ -110,7 +118,7 @@ func TestNetworkAndSweep(t *testing.T) {
 		assert.Empty(t, left, "the crashed slot is swept")
 	}
 	require.NoError(t, m.Close(ctx))
-	left, err = boxnet.Leftovers(ctx, m.Slot)
+	left, err := boxnet.Leftovers(ctx, m.Slot)
 	require.NoError(t, err)
 	assert.Empty(t, left, "Close leaves nothing")
 }
