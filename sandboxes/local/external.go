@@ -40,7 +40,7 @@ var _ sandboxes.Backend = (*External)(nil)
 // Resume wait up to readyTimeout for it to answer GET /session.
 func NewExternal(url string, readyTimeout time.Duration) *External {
 	return &External{
-		url:     strings.TrimRight(url, "/"),
+		url:        strings.TrimRight(url, "/"),
 		timeout:    readyTimeout,
 		refusedFor: min(refusedGrace, readyTimeout),
 		client:     harnessclient.New(),
