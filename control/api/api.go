@@ -93,27 +93,28 @@ const LAPPrefix = "/lap"
 
 // Session is a chat session as the API returns it.
 type Session struct {
-	ID               string `json:"id"`
-	AgentID          string `json:"agent_id"`
-	AgentName        string `json:"agent_name,omitempty"`
-	Title            string `json:"title,omitempty"`
-	Status           string `json:"status"`
-	Phase            string `json:"phase,omitempty"`
-	FailureReason    string `json:"failure_reason,omitempty"`
-	SandboxID        string `json:"sandbox_id,omitempty"`
-	HarnessSessionID string `json:"harness_session_id,omitempty"`
+	ID               string    `json:"id"`
+	AgentID          string    `json:"agent_id"`
+	AgentName        string    `json:"agent_name,omitempty"`
+	Title            string    `json:"title,omitempty"`
+	Status           string    `json:"status"`
+	Phase            string    `json:"phase,omitempty"`
+	FailureReason    string    `json:"failure_reason,omitempty"`
+	SandboxID        string    `json:"sandbox_id,omitempty"`
+	HarnessSessionID string    `json:"harness_session_id,omitempty"`
+	CreatedAt        time.Time `json:"created_at"`
+	LastActiveAt     time.Time `json:"last_active_at"`
+	IdleTimeoutMS    int64     `json:"idle_timeout_ms"`
+	MaxBudgetUSD     *float64  `json:"max_budget_usd,omitempty"`
+	Usage            Usage     `json:"usage"`
+
 	// SupportsTUI is the agent's harness's TUI flag, as on Agent.
 	SupportsTUI bool `json:"supports_tui"`
 	// SandboxState is lap's view of the sandbox of a ready or idle
 	// session: SandboxRunning or SandboxScaledToZero. It is the only
 	// place that tells them apart in LAP's view (LAPPrefix), where an idle
 	// session reads "ready".
-	SandboxState  string    `json:"sandbox_state,omitempty"`
-	CreatedAt     time.Time `json:"created_at"`
-	LastActiveAt  time.Time `json:"last_active_at"`
-	IdleTimeoutMS int64     `json:"idle_timeout_ms"`
-	MaxBudgetUSD  *float64  `json:"max_budget_usd,omitempty"`
-	Usage         Usage     `json:"usage"`
+	SandboxState string `json:"sandbox_state,omitempty"`
 }
 
 // CreateSessionRequest is the body of POST /agents/:id/session.
