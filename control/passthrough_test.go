@@ -113,3 +113,26 @@ func TestPassThroughOldHarnessSessionID(t *testing.T) {
 	require.Equal(t, http.StatusOK, status, "%s", body)
 	assert.Equal(t, "echo: again", m.Text())
 }
+
+// A relayed call in flight — here a turn in a harness session the client
+// opened itself, which lapd passes through untouched — keeps the reaper
+// away too.
+func TestPassThroughCallInFlightIsActivity(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{settings: map[string]string{"SESSION_IDLE_TIMEOUT": "100ms"}})
+	e.createAgent("ownsession", nil)
+	sess := e.readySession("ownsession")
+	status, body := e.raw(http.MethodPost, api.BasePath+"/sessions/"+sess.ID+"/opencode/session", "application/json", []byte(`{"title":"mine"}`), true)
+	require.Equal(t, http.StatusOK, status, "%s", body)
+	var own struct {
+		ID string `json:"id"`
+	}
+	require.NoError(t, json.Unmarshal(body, &own))
+	require.NotEqual(t, sess.HarnessSessionID, own.ID)
+
+	status, m, body := e.passSend(sess.ID, own.ID, "message", "/slow 1s")
+	require.Equal(t, http.StatusOK, status, "%s", body)
+	assert.Nil(t, m.Info.Error)
+	assert.Equal(t, "echo: /slow 1s", m.Text())
+	assert.Empty(t, e.messages(sess.ID), "a client's own harness session is not lapd's conversation")
+}
