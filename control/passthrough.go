@@ -42,6 +42,13 @@ func (s *Server) passThrough(c *fiber.Ctx) error {
 	if own && c.Method() == fiber.MethodPost && (op == "message" || op == "prompt_async") {
 		return s.passTurn(c, sess, hsID, op == "prompt_async")
 	}
+	// An abort of the session's own harness session ends lapd's turn the
+	// way POST /abort does (also before the harness has the message);
+	// with none running it goes to the harness, which may run a turn a
+	// client started elsewhere.
+	if own && c.Method() == fiber.MethodPost && op == "abort" && s.o.abortTurn(sess.ID, abortUser) {
+		return c.JSON(true)
+	}
 	tgt, err := s.o.passTarget(ctx, sess)
 	if err != nil {
 		return err

@@ -507,9 +507,11 @@ func TestHarnessBusyThroughPassThroughIs409(t *testing.T) {
 	require.Len(t, log, 1)
 	assert.Equal(t, "/block", log[0].Text())
 
-	waitfor.Cond(t, "the harness to run the turn", func() bool {
-		status, _ := e.raw(http.MethodPost, base+"/abort", "", nil, true)
-		return status == http.StatusOK && len(e.messages(sess.ID)) == 2
+	status, body = e.raw(http.MethodPost, base+"/abort", "", nil, true)
+	require.Equal(t, http.StatusOK, status, "%s", body)
+	assert.JSONEq(t, "true", string(body), "lapd's turn was aborted")
+	waitfor.Cond(t, "the aborted turn to end", func() bool {
+		return e.messages(sess.ID)[0].Info.Status != store.MessagePending
 	})
 	waitfor.Cond(t, "the session to be free", func() bool {
 		status, _, _ := e.send(sess.ID, "now")
