@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"lap.dev/lap/control/api"
-	"lap.dev/lap/sandboxes/protocol"
 )
 
 // RenderStream reads a /message_stream body and renders it piped, as a
@@ -25,8 +24,8 @@ func RenderStream(r io.Reader, out, status io.Writer) error {
 		}
 		switch ev.Name {
 		case api.EventHarness:
-			var he protocol.Event
-			if err := json.Unmarshal(ev.Data, &he); err != nil {
+			he, err := api.DecodeHarnessEvent(ev.Data)
+			if err != nil {
 				return err
 			}
 			tr.event(he)

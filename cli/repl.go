@@ -16,7 +16,6 @@ import (
 	"github.com/chzyer/readline"
 
 	"lap.dev/lap/control/api"
-	"lap.dev/lap/sandboxes/protocol"
 )
 
 // abortGrace is how long a turn may take to end after Ctrl-C asked the
@@ -242,8 +241,8 @@ func (ch *chat) turn(ctx context.Context, text string) error {
 			ch.session.Status = api.SessionReady
 		case api.EventHarness:
 			clearWaiting()
-			var he protocol.Event
-			if json.Unmarshal(ev.Data, &he) != nil {
+			he, err := api.DecodeHarnessEvent(ev.Data)
+			if err != nil {
 				continue
 			}
 			// A harness's event bus carries every session it serves; lapd

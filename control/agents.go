@@ -62,7 +62,9 @@ func apiAgent(a store.Agent) api.Agent {
 	if names == nil {
 		names = []string{}
 	}
+	h, _ := sandboxes.LookupHarness(a.HarnessID)
 	return api.Agent{
+		SupportsTUI:  h.TUI,
 		ID:           a.ID,
 		Name:         a.Name,
 		HarnessID:    a.HarnessID,

@@ -57,6 +57,7 @@ func (o *orchestrator) suspendIdle(ctx context.Context, now time.Time) {
 		}
 		o.mu.Lock()
 		_, busy := o.active[id]
+		busy = busy || o.inFlight[id] > 0
 		o.mu.Unlock()
 		if busy {
 			continue

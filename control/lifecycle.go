@@ -118,7 +118,8 @@ func progressed(phase string) transition {
 func attached(sandboxID, hsID string, gen int64) transition {
 	return transition{name: "attached", from: living, apply: func(s *store.Session) {
 		s.Status, s.Phase, s.FailureReason = api.SessionReady, phaseReady, ""
-		s.SandboxID, s.HarnessSessionID, s.Generation = sandboxID, hsID, gen
+		s.SandboxID, s.Generation = sandboxID, gen
+		switchHarnessSession(s, hsID)
 	}}
 }
 
@@ -141,8 +142,25 @@ func suspended() transition {
 // new one, hsID, was opened on the same sandbox; the state is unchanged.
 func harnessReopened(hsID string) transition {
 	return transition{name: "reopened", from: living, apply: func(s *store.Session) {
-		s.HarnessSessionID = hsID
+		switchHarnessSession(s, hsID)
 	}}
+}
+
+// maxPriorHarnessSessions bounds how many replaced harness session ids a
+// session remembers for clients that cached one.
+const maxPriorHarnessSessions = 16
+
+// switchHarnessSession makes hsID the session's harness session and
+// remembers the one it replaces: a pass-through client read the old id
+// once (LAP's CLI does, when its chat starts) and keeps sending to it.
+func switchHarnessSession(s *store.Session, hsID string) {
+	if old := s.HarnessSessionID; old != "" && old != hsID && !slices.Contains(s.PriorHarnessSessionIDs, old) {
+		s.PriorHarnessSessionIDs = append(s.PriorHarnessSessionIDs, old)
+		if n := len(s.PriorHarnessSessionIDs); n > maxPriorHarnessSessions {
+			s.PriorHarnessSessionIDs = slices.Clone(s.PriorHarnessSessionIDs[n-maxPriorHarnessSessions:])
+		}
+	}
+	s.HarnessSessionID = hsID
 }
 
 // failed: a living session cannot go on (no sandbox became ready, or

@@ -47,6 +47,8 @@ type orchestrator struct {
 
 	mu     sync.Mutex
 	active map[string]*turn // running turn per session id (nil: a maintenance job)
+	// inFlight counts pass-through requests per session id (passing).
+	inFlight map[string]int
 	// jobs holds, per session a maintenance job reserved, a channel
 	// closed when the job ends.
 	jobs map[string]chan struct{}

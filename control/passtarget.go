@@ -45,3 +45,24 @@ func (o *orchestrator) passTarget(ctx context.Context, sess store.Session) (targ
 	o.touch(ctx, sess.ID)
 	return tgt, nil
 }
+
+// passRecover brings back the sandbox of session id, whose harness did
+// not take a pass-through request (it crashed, or lapd restarted without
+// it), reserved like a turn meanwhile, and returns where it now answers.
+func (o *orchestrator) passRecover(ctx context.Context, id string) (target, error) {
+	release, err := o.reserve(ctx, id, nil)
+	if err != nil {
+		return target{}, err
+	}
+	defer release()
+	sess, err := o.store.GetSession(ctx, id)
+	if err := readyErr(sess, err); err != nil {
+		return target{}, err
+	}
+	tgt, sess, err := o.ensureRunning(ctx, sess, true, 0)
+	if err != nil {
+		return target{}, err
+	}
+	o.touch(ctx, sess.ID)
+	return tgt, nil
+}

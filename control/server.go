@@ -158,6 +158,7 @@ func (s *Server) routes(reg *prometheus.Registry, groups []RouteGroup) {
 		c.SetUserContext(s.baseCtx)
 		return c.Next()
 	})
+	app.Use(lapView)
 	open := []string{"/healthz", "/readyz"}
 	for _, g := range groups {
 		if g.OwnAuth {

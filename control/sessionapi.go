@@ -37,7 +37,7 @@ func (s *Server) createSession(c *fiber.Ctx) error {
 	if err != nil {
 		return err
 	}
-	return c.Status(http.StatusCreated).JSON(s.o.apiSession(ctx, sess, a.Name))
+	return c.Status(http.StatusCreated).JSON(lapSession(c, s.o.apiSession(ctx, sess, a.Name)))
 }
 
 func (s *Server) listSessions(c *fiber.Ctx) error {
@@ -71,7 +71,7 @@ func (s *Server) listSessions(c *fiber.Ctx) error {
 			}
 			names[sess.AgentID] = name
 		}
-		out = append(out, s.o.apiSession(ctx, sess, name))
+		out = append(out, lapSession(c, s.o.apiSession(ctx, sess, name)))
 	}
 	return c.JSON(api.List[api.Session]{Data: out, NextCursor: next})
 }
@@ -96,7 +96,7 @@ func (s *Server) getSession(c *fiber.Ctx) error {
 			return err
 		}
 	}
-	return c.JSON(s.o.apiSession(ctx, sess, ""))
+	return c.JSON(lapSession(c, s.o.apiSession(ctx, sess, "")))
 }
 
 func (s *Server) deleteSession(c *fiber.Ctx) error {
@@ -200,7 +200,7 @@ func (s *Server) restartSession(c *fiber.Ctx) error {
 	if sess, err = s.o.restartSession(ctx, sess.ID); err != nil {
 		return err
 	}
-	return c.Status(http.StatusAccepted).JSON(s.o.apiSession(ctx, sess, ""))
+	return c.Status(http.StatusAccepted).JSON(lapSession(c, s.o.apiSession(ctx, sess, "")))
 }
 
 func (s *Server) sessionLog(c *fiber.Ctx) error {

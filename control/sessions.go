@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"lap.dev/lap/control/api"
+	"lap.dev/lap/sandboxes"
 	"lap.dev/lap/sandboxes/protocol"
 	"lap.dev/lap/store"
 )
@@ -36,12 +37,24 @@ func (o *orchestrator) publishSession(ctx context.Context, sess store.Session) {
 
 // apiSession renders a session; agentName is looked up when empty.
 func (o *orchestrator) apiSession(ctx context.Context, sess store.Session, agentName string) api.Session {
-	if agentName == "" {
-		if a, err := o.store.GetAgent(ctx, sess.AgentID); err == nil {
+	tui := false
+	if a, err := o.store.GetAgent(ctx, sess.AgentID); err == nil {
+		if agentName == "" {
 			agentName = a.Name
 		}
+		h, _ := sandboxes.LookupHarness(a.HarnessID)
+		tui = h.TUI
+	}
+	state := ""
+	switch sess.Status {
+	case api.SessionReady:
+		state = api.SandboxRunning
+	case api.SessionIdle:
+		state = api.SandboxScaledToZero
 	}
 	return api.Session{
+		SupportsTUI:      tui,
+		SandboxState:     state,
 		ID:               sess.ID,
 		AgentID:          sess.AgentID,
 		AgentName:        agentName,

@@ -488,6 +488,9 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
+// A turn sent through the pass-through is lapd's turn: a second one is
+// refused with 409 while it runs (and not logged), and the pass-through's
+// abort ends it.
 func TestHarnessBusyThroughPassThroughIs409(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
@@ -499,14 +502,18 @@ func TestHarnessBusyThroughPassThroughIs409(t *testing.T) {
 
 	status, _, body = e.send(sess.ID, "me too")
 	assert.Equal(t, http.StatusConflict, status, "%s", body)
-	assert.Contains(t, errorOf(t, body).Message, "busy")
+	assert.Contains(t, errorOf(t, body).Message, "already running")
 	log := e.messages(sess.ID)
 	require.Len(t, log, 1)
-	assert.Equal(t, store.MessageFailed, log[0].Info.Status)
+	assert.Equal(t, "/block", log[0].Text())
 
-	status, _ = e.raw(http.MethodPost, base+"/abort", "", nil, true)
-	require.Equal(t, http.StatusOK, status)
-	waitfor.Cond(t, "the harness to be free", func() bool {
+	status, body = e.raw(http.MethodPost, base+"/abort", "", nil, true)
+	require.Equal(t, http.StatusOK, status, "%s", body)
+	assert.JSONEq(t, "true", string(body), "lapd's turn was aborted")
+	waitfor.Cond(t, "the aborted turn to end", func() bool {
+		return e.messages(sess.ID)[0].Info.Status != store.MessagePending
+	})
+	waitfor.Cond(t, "the session to be free", func() bool {
 		status, _, _ := e.send(sess.ID, "now")
 		return status == http.StatusOK
 	})

@@ -35,6 +35,7 @@ func (s *Server) streamMessage(c *fiber.Ctx) error {
 	ctx, cancel := context.WithCancel(c.UserContext())
 	out := make(chan sseEvent, 1024)
 	t.sink = func(ev sseEvent) {
+		ev = typedFrame(ev)
 		if ev.name == api.EventHarness {
 			select {
 			case out <- ev:
@@ -49,10 +50,10 @@ func (s *Server) streamMessage(c *fiber.Ctx) error {
 		msg, err := t.run(ctx)
 		if err != nil {
 			_, detail := classify(err)
-			out <- newEvent(api.EventError, detail)
+			out <- typedFrame(newEvent(api.EventError, detail))
 			return
 		}
-		out <- newEvent(api.EventDone, msg)
+		out <- typedFrame(newEvent(api.EventDone, msg))
 	}()
 	setSSEHeaders(c)
 	c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
@@ -83,6 +84,31 @@ func (s *Server) streamMessage(c *fiber.Ctx) error {
 		}
 	})
 	return nil
+}
+
+// typedFrame gives a message_stream event its name as "type" in its data,
+// as the LiteLLM Agent Platform's frames have (api.HarnessFrame): a
+// harness event is wrapped, any other (a JSON object) gains the field.
+func typedFrame(ev sseEvent) sseEvent {
+	if ev.name == api.EventHarness {
+		data := make([]byte, 0, len(ev.data)+40)
+		data = append(data, `{"type":"`+api.EventHarness+`","event":`...)
+		data = append(data, ev.data...)
+		ev.data = append(data, '}')
+		return ev
+	}
+	if len(ev.data) < 2 || ev.data[0] != '{' {
+		return ev
+	}
+	data := make([]byte, 0, len(ev.data)+len(ev.name)+12)
+	data = append(data, `{"type":"`...)
+	data = append(data, ev.name...)
+	data = append(data, '"')
+	if rest := ev.data[1:]; rest[0] != '}' {
+		data = append(data, ',')
+	}
+	ev.data = append(data, ev.data[1:]...)
+	return ev
 }
 
 // sessionEvents is GET /sessions/:id/events: the session's live bus —

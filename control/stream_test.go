@@ -13,7 +13,6 @@ import (
 
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/internal/waitfor"
-	"lap.dev/lap/sandboxes/protocol"
 	"lap.dev/lap/store"
 )
 
@@ -40,8 +39,8 @@ func TestMessageStream(t *testing.T) {
 			require.NoError(t, json.Unmarshal(ev.data, &s))
 			assert.Equal(t, api.SessionReady, s.Status)
 		case api.EventHarness:
-			var he protocol.Event
-			require.NoError(t, json.Unmarshal(ev.data, &he))
+			he, err := api.DecodeHarnessEvent(ev.data)
+			require.NoError(t, err)
 			harness = append(harness, he.Type)
 			text += he.Properties.Delta
 		case api.EventDone:

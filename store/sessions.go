@@ -24,6 +24,10 @@ type Session struct {
 	FailureReason    string `json:"failure_reason,omitempty"`
 	SandboxID        string `json:"sandbox_id,omitempty"`
 	HarnessSessionID string `json:"harness_session_id,omitempty"`
+	// PriorHarnessSessionIDs are the harness sessions HarnessSessionID
+	// replaced (a new sandbox, a reopened session), oldest first, so the
+	// pass-through can route a client that cached one to the current one.
+	PriorHarnessSessionIDs []string `json:"prior_harness_session_ids,omitempty"`
 	// Generation is the agent generation of the session's sandbox.
 	Generation    int64     `json:"generation"`
 	InitialPrompt string    `json:"initial_prompt,omitempty"`

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -85,6 +86,8 @@ type Options struct {
 	// harness without a chat API yet (terminal harnesses are to come),
 	// so a test of how the CLI refuses one lists one here.
 	ExtraHarnesses []api.Harness
+	// Settings are extra lapd settings (e.g. SESSION_IDLE_TIMEOUT).
+	Settings map[string]string
 }
 
 // DefaultPhases are the phases a client watching a cold session sees
@@ -105,6 +108,7 @@ func NewServer(t testing.TB, opts Options) *Server {
 		pool = "1"
 	}
 	vars := map[string]string{"MASTER_KEY": TestKey, "LAP_DATA_DIR": dir, "LAP_LISTEN": "127.0.0.1:0", "WARM_POOL_SIZE": pool}
+	maps.Copy(vars, opts.Settings)
 	cfg, err := config.Load(func(k string) (string, bool) { v, ok := vars[k]; return v, ok }, "")
 	if err != nil {
 		t.Fatalf("config: %v", err)

@@ -4,6 +4,7 @@
 package api
 
 import (
+	"encoding/json"
 	"time"
 
 	"lap.dev/lap/sandboxes/protocol"
@@ -33,6 +34,9 @@ type Agent struct {
 	Usage        Usage     `json:"usage"`
 	CreatedAt    time.Time `json:"created_at"`
 	UpdatedAt    time.Time `json:"updated_at"`
+	// SupportsTUI is the harness's TUI flag: clients attach to a terminal
+	// (GET /sessions/:id/tty) instead of chatting. LAP's CLI reads it.
+	SupportsTUI bool `json:"supports_tui"`
 }
 
 // CreateAgentRequest is the body of POST /agents. Name, HarnessID
@@ -73,6 +77,20 @@ const (
 	SessionDead     = "dead"     // deleted by the user
 )
 
+// Sandbox states of a session (Session.SandboxState).
+const (
+	SandboxRunning      = "running"        // a ready session's sandbox runs
+	SandboxScaledToZero = "scaled_to_zero" // an idle session's; the next message resumes it
+)
+
+// LAPPrefix is the path prefix of LAP's view of the API: the LiteLLM
+// Agent Platform's CLI and clients use lapd with their base URL set to
+// lapd's address plus this prefix. The routes are lap's own; only how a
+// session's status reads differs: a session scaled to zero is "ready"
+// there (it accepts messages, and LAP's clients resume only a ready
+// session), with sandbox_state "scaled_to_zero".
+const LAPPrefix = "/lap"
+
 // Session is a chat session as the API returns it.
 type Session struct {
 	ID               string    `json:"id"`
@@ -89,6 +107,14 @@ type Session struct {
 	IdleTimeoutMS    int64     `json:"idle_timeout_ms"`
 	MaxBudgetUSD     *float64  `json:"max_budget_usd,omitempty"`
 	Usage            Usage     `json:"usage"`
+
+	// SupportsTUI is the agent's harness's TUI flag, as on Agent.
+	SupportsTUI bool `json:"supports_tui"`
+	// SandboxState is lap's view of the sandbox of a ready or idle
+	// session: SandboxRunning or SandboxScaledToZero. It is the only
+	// place that tells them apart in LAP's view (LAPPrefix), where an idle
+	// session reads "ready".
+	SandboxState string `json:"sandbox_state,omitempty"`
 }
 
 // CreateSessionRequest is the body of POST /agents/:id/session.
@@ -152,7 +178,7 @@ type ErrorDetail struct {
 // Server-sent event names of /message_stream and /events.
 const (
 	EventReady   = "ready"         // the session's sandbox is ready; data: Session
-	EventHarness = "harness_event" // data: protocol.Event from the harness
+	EventHarness = "harness_event" // data: protocol.Event from the harness (message_stream: HarnessFrame)
 	EventDone    = "done"          // the turn ended; data: the assistant Message
 	EventError   = "error"         // data: ErrorDetail
 	EventSession = "session"       // status or phase changed; data: Session
@@ -195,4 +221,31 @@ type MessageStatus struct {
 	Role   string `json:"role"`
 	Status string `json:"status"`
 	Error  string `json:"error,omitempty"`
+}
+
+// Frames of POST /sessions/:id/message_stream carry their event's name as
+// "type" in their data too, as the LiteLLM Agent Platform's do, so its
+// clients (which read unnamed frames) and lap's (which read the event
+// names) both understand them: ready's Session, done's Message and
+// error's ErrorDetail gain a "type" field, and a harness event is wrapped
+// as HarnessFrame.
+type HarnessFrame struct {
+	Type  string         `json:"type"` // EventHarness
+	Event protocol.Event `json:"event"`
+}
+
+// DecodeHarnessEvent reads the data of a harness_event: a HarnessFrame
+// (message_stream) or the bare harness event (GET /sessions/:id/events,
+// and lapd before frames were typed).
+func DecodeHarnessEvent(data []byte) (protocol.Event, error) {
+	var f struct {
+		Type  string          `json:"type"`
+		Event *protocol.Event `json:"event"`
+	}
+	if err := json.Unmarshal(data, &f); err == nil && f.Type == EventHarness && f.Event != nil {
+		return *f.Event, nil
+	}
+	var ev protocol.Event
+	err := json.Unmarshal(data, &ev)
+	return ev, err
 }

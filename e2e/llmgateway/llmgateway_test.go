@@ -13,7 +13,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"io"
 	"io/fs"
 	"net/http"
@@ -241,8 +240,8 @@ func TestStreamReachesTheHarnessBeforeTheUpstreamEnds(t *testing.T) {
 		if ev.Name != api.EventHarness {
 			continue
 		}
-		var he protocol.Event
-		require.NoError(t, json.Unmarshal(ev.Data, &he))
+		he, err := api.DecodeHarnessEvent(ev.Data)
+		require.NoError(t, err)
 		if part := he.Properties.Part; part != nil && part.Type == protocol.PartText {
 			text.WriteString(he.Properties.Delta)
 		}

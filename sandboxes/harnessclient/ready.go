@@ -2,6 +2,7 @@ package harnessclient
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -51,6 +52,11 @@ type Poll struct {
 	// Wake, when set, cuts a pause short when it is closed (the harness
 	// process exited), so the next attempt and Check come at once.
 	Wake <-chan struct{}
+	// ReadyStatus, when set, says which non-2xx answers to GET /session
+	// also count as ready. A harness lapd did not start may have no list
+	// route (the LiteLLM Agent Platform's answers 404; its platform takes
+	// any status below 500 as ready).
+	ReadyStatus func(status int) bool
 }
 
 // attemptTimeout bounds one readiness request, so a harness that accepted
@@ -86,7 +92,8 @@ func (c *Client) WaitReady(ctx context.Context, t Target, p Poll) error {
 		actx, cancel := context.WithTimeout(wait, attemptTimeout)
 		err := c.Ready(actx, t)
 		cancel()
-		if err == nil {
+		var se *StatusError
+		if err == nil || p.ReadyStatus != nil && errors.As(err, &se) && p.ReadyStatus(se.Status) {
 			return nil
 		}
 		// An attempt the end of the wait cut short says nothing about

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
+	"syscall"
 	"time"
 
 	"lap.dev/lap/sandboxes"
@@ -20,8 +22,17 @@ import (
 type External struct {
 	url     string
 	timeout time.Duration
-	client  *harnessclient.Client
+	// refusedFor is how long connections may be refused before the wait
+	// gives up: nothing listens, and a developer should hear so at once
+	// rather than after the whole ready timeout.
+	refusedFor time.Duration
+	client     *harnessclient.Client
 }
+
+// refusedGrace is how long an external harness may refuse connections
+// before provisioning fails: long enough for `node dist/server.js` started
+// just after lapd to come up.
+const refusedGrace = 10 * time.Second
 
 var _ sandboxes.Backend = (*External)(nil)
 
@@ -29,9 +40,10 @@ var _ sandboxes.Backend = (*External)(nil)
 // Resume wait up to readyTimeout for it to answer GET /session.
 func NewExternal(url string, readyTimeout time.Duration) *External {
 	return &External{
-		url:     strings.TrimRight(url, "/"),
-		timeout: readyTimeout,
-		client:  harnessclient.New(),
+		url:        strings.TrimRight(url, "/"),
+		timeout:    readyTimeout,
+		refusedFor: min(refusedGrace, readyTimeout),
+		client:     harnessclient.New(),
 	}
 }
 
@@ -90,13 +102,37 @@ func (e *External) sandbox(id, agentID string, generation int64, running bool) s
 	}
 }
 
-// waitReady polls GET /session until it answers 2xx. It sends no token:
-// an external harness for local development runs without one
-// (HARNESS_AUTH_TOKEN empty).
+// waitReady polls GET /session until the harness answers it with a status
+// below 500, as the LiteLLM Agent Platform judges its harnesses (its
+// claude-agent-sdk harness has no list route and answers 404), except 401
+// and 403: a harness that wants a token it was not given will refuse every
+// turn, so that fails at once with the reason. So does a URL that refuses
+// connections for refusedFor. It sends no token: an external harness for
+// local development runs without one (HARNESS_AUTH_TOKEN empty).
 func (e *External) waitReady(ctx context.Context) error {
+	var refusedSince time.Time
 	err := e.client.WaitReady(ctx, harnessclient.Target{Endpoint: sandboxes.Endpoint{URL: e.url}}, harnessclient.Poll{
 		Timeout:  e.timeout,
 		Interval: 10 * time.Millisecond, MaxInterval: 500 * time.Millisecond, Factor: 2,
+		ReadyStatus: func(status int) bool {
+			return status < 500 && status != http.StatusUnauthorized && status != http.StatusForbidden
+		},
+		Check: func(_ context.Context, attempt error) error {
+			if harnessclient.IsStatus(attempt, http.StatusUnauthorized) || harnessclient.IsStatus(attempt, http.StatusForbidden) {
+				return fmt.Errorf("%w: it refuses requests without a token (%v): start it without HARNESS_AUTH_TOKEN", sandboxes.ErrNotReady, attempt)
+			}
+			if !errors.Is(attempt, syscall.ECONNREFUSED) {
+				refusedSince = time.Time{}
+				return nil
+			}
+			if refusedSince.IsZero() {
+				refusedSince = time.Now()
+			}
+			if time.Since(refusedSince) >= e.refusedFor {
+				return fmt.Errorf("%w: nothing listens there (connection refused for %s); start the harness first", sandboxes.ErrNotReady, e.refusedFor)
+			}
+			return nil
+		},
 	})
 	if errors.Is(err, sandboxes.ErrNotReady) {
 		return fmt.Errorf("the harness at %s (LOCAL_SANDBOX_URL): %w", e.url, err)
