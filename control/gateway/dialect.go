@@ -7,6 +7,7 @@ import (
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/responses"
 	"github.com/tidwall/gjson"
 )
 
@@ -80,6 +81,63 @@ var anthropicMessages = &dialect{
 		return anthropicUsage(au.InputTokens, au.CacheCreationInputTokens, au.CacheReadInputTokens, au.OutputTokens), true
 	},
 	newStream: func(bool) streamInspector { return &anthropicStream{} },
+}
+
+// openAIResponses is the OpenAI Responses API, which Codex speaks. Its
+// streams always end with response.completed (or .incomplete, .failed),
+// whose response carries the usage, so nothing needs asking for.
+var openAIResponses = &dialect{
+	name:   "openai-responses",
+	path:   "/v1/responses",
+	billed: true,
+	setKey: openAI.setKey,
+	// The API's own errors are OpenAI's error body, as chat completions'.
+	errorBody: openAI.errorBody,
+	streamError: func(e *apiError) []byte {
+		return []byte("event: response.failed\ndata: " + string(mustJSON(responsesFailed(e))) + "\n\n")
+	},
+	usage: func(body []byte) (Usage, bool) {
+		return responsesUsage(gjson.GetBytes(body, "usage"))
+	},
+	newStream: func(bool) streamInspector { return &responsesStream{} },
+}
+
+// responsesFailedEvent is the response.failed event the gateway ends a
+// broken Responses stream with: Codex and the SDKs report its error.
+type responsesFailedEvent struct {
+	Type     string `json:"type"`
+	Response struct {
+		Object string `json:"object"`
+		Status string `json:"status"`
+		Error  struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	} `json:"response"`
+}
+
+func responsesFailed(e *apiError) responsesFailedEvent {
+	ev := responsesFailedEvent{Type: "response.failed"}
+	ev.Response.Object, ev.Response.Status = "response", "failed"
+	ev.Response.Error.Code, ev.Response.Error.Message = e.openAICode, e.msg
+	return ev
+}
+
+// responsesUsage converts a Responses usage object, whose input_tokens
+// includes the cached ones as Usage's does.
+func responsesUsage(u gjson.Result) (Usage, bool) {
+	if !u.IsObject() {
+		return Usage{}, false
+	}
+	var ru responses.ResponseUsage
+	if json.Unmarshal([]byte(u.Raw), &ru) != nil {
+		return Usage{}, false
+	}
+	return Usage{
+		InputTokens:     ru.InputTokens,
+		OutputTokens:    ru.OutputTokens,
+		CacheReadTokens: ru.InputTokensDetails.CachedTokens,
+	}, true
 }
 
 // anthropicCountTokens is Anthropic's token counting: free, so not

@@ -19,8 +19,8 @@ type request struct {
 	// stream and includeUsage are "stream" and
 	// "stream_options.include_usage" (OpenAI).
 	stream, includeUsage bool
-	// maxOutput is max_tokens or max_completion_tokens; 0 when neither
-	// is given.
+	// maxOutput is max_tokens, max_completion_tokens (chat completions)
+	// or max_output_tokens (Responses API); 0 when none is given.
 	maxOutput int64
 	// choices is OpenAI's n, the number of answers generated; 1 if unset.
 	choices int64
@@ -49,8 +49,8 @@ const (
 //     one model and answered by another;
 //   - top-level keys that differ only in case, which case-insensitive
 //     decoders (Go's encoding/json) read as one;
-//   - model, stream, stream_options, max_tokens, max_completion_tokens and
-//     n of the wrong JSON type, since upstreams coerce them differently
+//   - model, stream, stream_options, max_tokens, max_completion_tokens,
+//     max_output_tokens and n of the wrong JSON type, since upstreams coerce them differently
 //     ("stream":"false" is true to Python);
 //   - a model name that is empty, too long or not made of the characters
 //     model names use.
@@ -90,7 +90,7 @@ func parseRequest(body []byte) (request, *apiError) {
 	if r.includeUsage, aerr = optionalBool(doc, "stream_options.include_usage"); aerr != nil {
 		return request{}, aerr
 	}
-	for _, field := range []string{"max_tokens", "max_completion_tokens"} {
+	for _, field := range []string{"max_tokens", "max_completion_tokens", "max_output_tokens"} {
 		v, aerr := optionalCount(doc, field)
 		if aerr != nil {
 			return request{}, aerr
