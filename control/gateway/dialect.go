@@ -20,6 +20,9 @@ type dialect struct {
 	// billed requests reserve their estimated cost and have their usage
 	// recorded; every request is budget-checked.
 	billed bool
+	// refusesHostedTools: requests offering a tool the provider bills per
+	// call outside the usage (request.hostedTool) are refused.
+	refusesHostedTools bool
 	// setKey puts the real upstream key on an upstream request.
 	setKey func(h http.Header, key string)
 	// errorBody renders one of the gateway's own errors.
@@ -90,7 +93,10 @@ var openAIResponses = &dialect{
 	name:   "openai-responses",
 	path:   "/v1/responses",
 	billed: true,
-	setKey: openAI.setKey,
+	// Codex offers web_search unless told not to (the terminal harness
+	// sets web_search = "disabled").
+	refusesHostedTools: true,
+	setKey:             openAI.setKey,
 	// The API's own errors are OpenAI's error body, as chat completions'.
 	errorBody: openAI.errorBody,
 	streamError: func(e *apiError) []byte {

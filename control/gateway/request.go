@@ -24,6 +24,10 @@ type request struct {
 	maxOutput int64
 	// choices is OpenAI's n, the number of answers generated; 1 if unset.
 	choices int64
+	// hostedTool is the type of the first tool offered that the provider
+	// runs and bills by the call, outside the usage (see
+	// unpricedHostedTool); "" if none.
+	hostedTool string
 }
 
 // Limits of what a request body may contain.
@@ -104,7 +108,29 @@ func parseRequest(body []byte) (request, *apiError) {
 	if n > 0 {
 		r.choices = min(n, maxChoices)
 	}
+	if tools := doc.Get("tools"); tools.IsArray() {
+		tools.ForEach(func(_, t gjson.Result) bool {
+			if typ := t.Get("type"); typ.Type == gjson.String && unpricedHostedTool(typ.Str) {
+				r.hostedTool = clip(typ.Str, 64)
+				return false
+			}
+			return true
+		})
+	}
 	return r, nil
+}
+
+// unpricedHostedTool reports whether a Responses API tool type is one the
+// provider runs itself and bills per call on top of the tokens, which the
+// answer's usage does not report (web search, file search, the code
+// interpreter's containers, image generation): the gateway could not
+// count what it costs against a budget.
+func unpricedHostedTool(typ string) bool {
+	switch {
+	case strings.HasPrefix(typ, "web_search"), typ == "file_search", typ == "code_interpreter", typ == "image_generation":
+		return true
+	}
+	return false
 }
 
 // checkKeys refuses a document with a key twice in one object, or nested

@@ -267,6 +267,34 @@ func TestResponsesRefusesWhatCouldBeReadTwoWays(t *testing.T) {
 	assert.Empty(t, e.store.Records())
 }
 
+// TestResponsesRefusesHostedToolsBilledPerCall: a tool the provider runs
+// and bills per call, outside the usage the answer reports (web search…),
+// would spend past any budget, so a request offering one is refused;
+// function, custom and Codex's namespace tools pass.
+func TestResponsesRefusesHostedToolsBilledPerCall(t *testing.T) {
+	t.Parallel()
+	up := newFakeUpstream(t, jsonAnswer(200, responsesAnswer))
+	e := newEnv(t, up.URL)
+	for _, tool := range []string{`{"type":"web_search"}`, `{"type":"web_search_preview","search_context_size":"high"}`,
+		`{"type":"file_search","vector_store_ids":["vs_1"]}`, `{"type":"code_interpreter","container":{"type":"auto"}}`,
+		`{"type":"image_generation"}`} {
+		body := `{"model":"gpt-5","input":"hi","tools":[{"type":"function","name":"exec_command","parameters":{}},` + tool + `]}`
+		resp := e.post(t, "/v1/responses", body, "Authorization", "Bearer "+e.token)
+		got := readAll(t, resp)
+		require.Equal(t, http.StatusBadRequest, resp.StatusCode, "%s: body %s", tool, got)
+		eb := errorOf(t, got)
+		assert.Equal(t, "unpriced_tool", eb.Error.Code)
+		assert.Contains(t, eb.Error.Message, "the hosted tool "+gjson.Get(tool, "type").Str)
+		assert.Contains(t, eb.Error.Message, `web_search = "disabled"`)
+	}
+	assert.Empty(t, up.Requests())
+
+	body := `{"model":"gpt-5","input":"hi","tools":[{"type":"function","name":"exec_command","parameters":{}},` +
+		`{"type":"custom","name":"apply_patch"},{"type":"namespace","name":"multi_agent_v1","tools":[]}]}`
+	resp := e.post(t, "/v1/responses", body, "Authorization", "Bearer "+e.token)
+	assert.Equal(t, http.StatusOK, resp.StatusCode, readAll(t, resp))
+}
+
 // TestMockModelsResponses: mock/echo and mock/tools answer the Responses
 // API through the whole gateway with no upstream, as Codex calls them:
 // mock/tools runs Codex's shell (exec_command) and then answers with what

@@ -21,6 +21,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/tidwall/gjson"
 
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/e2e/fakellm"
@@ -40,10 +41,7 @@ import (
 // session and gives it to a Codex harness it starts itself, as lapd will.
 func TestCodexThroughTheGateway(t *testing.T) {
 	t.Parallel()
-	launcher := filepath.Join(platform.RepoRoot(t), "bin", "lap-harness-codex")
-	if _, err := os.Stat(launcher); err != nil {
-		t.Fatalf("%s is not built (%v): run `make build` first", launcher, err)
-	}
+	launcher := codexLauncher(t)
 	secret := "sk-upstream-" + randomHex(t)
 	p := platform.New(t, settings(map[string]string{"LITELLM_API_KEY": secret}))
 	const (
@@ -130,6 +128,9 @@ func TestCodexThroughTheGateway(t *testing.T) {
 		assert.Equal(t, "/v1/responses", r.Path)
 		assert.Equal(t, "Bearer "+secret, r.Header.Get("Authorization"), "lapd sends the upstream key")
 		assert.Equal(t, "gpt-5", r.Model)
+		for _, tool := range gjson.GetBytes(r.Body, "tools.#.type").Array() {
+			assert.NotContains(t, tool.Str, "web_search", "the harness disables the hosted web search, which lapd refuses")
+		}
 	}
 	n := int64(len(calls))
 	got := l.Session(sess.ID, "").Usage
@@ -144,10 +145,7 @@ func TestCodexThroughTheGateway(t *testing.T) {
 // answer, naming what the shell printed, is drawn.
 func TestCodexOfflineWithMockModels(t *testing.T) {
 	t.Parallel()
-	launcher := filepath.Join(platform.RepoRoot(t), "bin", "lap-harness-codex")
-	if _, err := os.Stat(launcher); err != nil {
-		t.Fatalf("%s is not built (%v): run `make build` first", launcher, err)
-	}
+	launcher := codexLauncher(t)
 	p := platform.New(t, settings(map[string]string{"LITELLM_API_BASE": "", "LITELLM_API_KEY": ""}))
 	l := p.Start()
 	defer l.Stop()
@@ -183,6 +181,18 @@ func TestCodexOfflineWithMockModels(t *testing.T) {
 	assert.Positive(t, u.InputTokens)
 	assert.Zero(t, u.CostUSD, "mock models are free")
 	assert.Empty(t, p.LLM.Requests(), "lapd has no upstream")
+}
+
+// codexLauncher is bin/lap-harness-codex, which make build writes (with
+// the pinned Codex it runs).
+func codexLauncher(t *testing.T) string {
+	t.Helper()
+	platform.SkipInShortMode(t)
+	launcher := filepath.Join(platform.RepoRoot(t), "bin", "lap-harness-codex")
+	if _, err := os.Stat(launcher); err != nil {
+		t.Fatalf("%s is not built (%v): run `make build` first", launcher, err)
+	}
+	return launcher
 }
 
 // codexEdit is the shell call that makes the README edit, in whichever
