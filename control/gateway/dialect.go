@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -20,9 +21,9 @@ type dialect struct {
 	// billed requests reserve their estimated cost and have their usage
 	// recorded; every request is budget-checked.
 	billed bool
-	// refusesHostedTools: requests offering a tool the provider bills per
-	// call outside the usage (request.hostedTool) are refused.
-	refusesHostedTools bool
+	// refuse, when set, refuses requests whose cost the gateway could
+	// not count, although they parse.
+	refuse func(r request) *apiError
 	// setKey puts the real upstream key on an upstream request.
 	setKey func(h http.Header, key string)
 	// errorBody renders one of the gateway's own errors.
@@ -48,6 +49,7 @@ var openAI = &dialect{
 	name:   "openai",
 	path:   "/v1/chat/completions",
 	billed: true,
+	refuse: refusePricedTier,
 	setKey: func(h http.Header, key string) { h.Set("Authorization", "Bearer "+key) },
 	errorBody: func(e *apiError) []byte {
 		return mustJSON(openAIErrorBody(e))
@@ -93,10 +95,8 @@ var openAIResponses = &dialect{
 	name:   "openai-responses",
 	path:   "/v1/responses",
 	billed: true,
-	// Codex offers web_search unless told not to (the terminal harness
-	// sets web_search = "disabled").
-	refusesHostedTools: true,
-	setKey:             openAI.setKey,
+	refuse: refuseUncounted,
+	setKey: openAI.setKey,
 	// The API's own errors are OpenAI's error body, as chat completions'.
 	errorBody: openAI.errorBody,
 	streamError: func(e *apiError) []byte {
@@ -106,6 +106,41 @@ var openAIResponses = &dialect{
 		return responsesUsage(gjson.GetBytes(body, "usage"))
 	},
 	newStream: func(bool) streamInspector { return &responsesStream{} },
+}
+
+// refusePricedTier refuses OpenAI's priority processing, which costs a
+// multiple of the list price the price table holds ("auto", "default"
+// and "flex" cost it at most).
+func refusePricedTier(r request) *apiError {
+	if r.serviceTier == "priority" {
+		return errBadRequest("unpriced_service_tier", fmt.Sprintf(
+			"service_tier %q costs more than the list price lapd counts against budgets: lapd refuses it; "+
+				"leave service_tier unset, or use auto, default or flex", r.serviceTier))
+	}
+	return nil
+}
+
+// refuseUncounted refuses what a Responses request can spend beyond what
+// its answer's usage reports, or beyond its reservation:
+//   - a hosted tool the provider bills per call (request.hostedTool).
+//     Codex offers web_search unless told not to; the terminal harness
+//     sets web_search = "disabled";
+//   - background: true, whose answer (and usage) comes later from
+//     GET /v1/responses/{id}, which the gateway does not serve, while the
+//     run, unbounded by the reservation, is billed all the same;
+//   - a priced service tier.
+func refuseUncounted(r request) *apiError {
+	if r.hostedTool != "" {
+		return errBadRequest("unpriced_tool", fmt.Sprintf(
+			"the request offers the hosted tool %s, which the provider bills per call outside the usage the answer reports, "+
+				"so its cost could not count against budgets: lapd refuses it (for Codex, set web_search = \"disabled\")",
+			r.hostedTool))
+	}
+	if r.background {
+		return errBadRequest("unsupported_background", "background responses are answered later, outside the gateway, "+
+			"so their cost could not count against budgets: lapd refuses background: true")
+	}
+	return refusePricedTier(r)
 }
 
 // responsesFailedEvent is the response.failed event the gateway ends a

@@ -53,12 +53,11 @@ func (g *Gateway) handleCompletion(d *dialect) fiber.Handler {
 		}
 		model := req.model
 		label, price, priced := g.prices.entry(model)
-		if d.refusesHostedTools && req.hostedTool != "" {
-			g.metrics.request(who.agentID, label, http.StatusBadRequest)
-			return g.fail(c, d, errBadRequest("unpriced_tool", fmt.Sprintf(
-				"the request offers the hosted tool %s, which the provider bills per call outside the usage the answer reports, "+
-					"so its cost could not count against budgets: lapd refuses it (for Codex, set web_search = \"disabled\")",
-				req.hostedTool)))
+		if d.refuse != nil {
+			if aerr := d.refuse(req); aerr != nil {
+				g.metrics.request(who.agentID, label, aerr.status)
+				return g.fail(c, d, aerr)
+			}
 		}
 
 		base, client := g.upstream, g.client

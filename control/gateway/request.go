@@ -28,6 +28,10 @@ type request struct {
 	// runs and bills by the call, outside the usage (see
 	// unpricedHostedTool); "" if none.
 	hostedTool string
+	// background is the Responses API's background flag.
+	background bool
+	// serviceTier is OpenAI's service_tier; "" when unset.
+	serviceTier string
 }
 
 // Limits of what a request body may contain.
@@ -54,7 +58,8 @@ const (
 //   - top-level keys that differ only in case, which case-insensitive
 //     decoders (Go's encoding/json) read as one;
 //   - model, stream, stream_options, max_tokens, max_completion_tokens,
-//     max_output_tokens and n of the wrong JSON type, since upstreams coerce them differently
+//     max_output_tokens, n, background and service_tier of the wrong JSON
+//     type, since upstreams coerce them differently
 //     ("stream":"false" is true to Python);
 //   - a model name that is empty, too long or not made of the characters
 //     model names use.
@@ -107,6 +112,18 @@ func parseRequest(body []byte) (request, *apiError) {
 	}
 	if n > 0 {
 		r.choices = min(n, maxChoices)
+	}
+	if r.background, aerr = optionalBool(doc, "background"); aerr != nil {
+		return request{}, aerr
+	}
+	switch st := doc.Get("service_tier"); st.Type {
+	case gjson.String:
+		r.serviceTier = clip(st.Str, 64)
+	case gjson.Null:
+	default:
+		if st.Exists() {
+			return request{}, errBadRequest("invalid_request", "service_tier must be a string")
+		}
 	}
 	if tools := doc.Get("tools"); tools.IsArray() {
 		tools.ForEach(func(_, t gjson.Result) bool {

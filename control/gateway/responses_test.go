@@ -295,6 +295,43 @@ func TestResponsesRefusesHostedToolsBilledPerCall(t *testing.T) {
 	assert.Equal(t, http.StatusOK, resp.StatusCode, readAll(t, resp))
 }
 
+// TestRefusesRunsBeyondTheUsage: a background response (answered later,
+// outside the gateway) and priority processing (billed above the list
+// price) are refused; flex and the default tier pass.
+func TestRefusesRunsBeyondTheUsage(t *testing.T) {
+	t.Parallel()
+	up := newFakeUpstream(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/responses" {
+			jsonAnswer(200, responsesAnswer)(w, r)
+			return
+		}
+		jsonAnswer(200, `{"id":"c","object":"chat.completion","created":1,"model":"gpt-5","choices":[],`+
+			`"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`)(w, r)
+	})
+	e := newEnv(t, up.URL)
+	for _, tt := range []struct{ path, body, code string }{
+		{"/v1/responses", `{"model":"gpt-5","input":"hi","background":true}`, "unsupported_background"},
+		{"/v1/responses", `{"model":"gpt-5","input":"hi","background":"false"}`, "invalid_request"},
+		{"/v1/responses", `{"model":"gpt-5","input":"hi","service_tier":"priority"}`, "unpriced_service_tier"},
+		{"/v1/chat/completions", `{"model":"gpt-5","messages":[],"service_tier":"priority"}`, "unpriced_service_tier"},
+		{"/v1/chat/completions", `{"model":"gpt-5","messages":[],"service_tier":1}`, "invalid_request"},
+	} {
+		resp := e.post(t, tt.path, tt.body, "Authorization", "Bearer "+e.token)
+		got := readAll(t, resp)
+		require.Equal(t, http.StatusBadRequest, resp.StatusCode, "%s: body %s", tt.body, got)
+		assert.Equal(t, tt.code, errorOf(t, got).Error.Code, tt.body)
+	}
+	assert.Empty(t, up.Requests())
+	for _, tt := range []struct{ path, body string }{
+		{"/v1/responses", `{"model":"gpt-5","input":"hi","background":false,"service_tier":"flex"}`},
+		{"/v1/chat/completions", `{"model":"gpt-5","messages":[],"service_tier":"default"}`},
+		{"/v1/chat/completions", `{"model":"gpt-5","messages":[],"service_tier":"auto"}`},
+	} {
+		resp := e.post(t, tt.path, tt.body, "Authorization", "Bearer "+e.token)
+		assert.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", tt.body, readAll(t, resp))
+	}
+}
+
 // TestMockModelsResponses: mock/echo and mock/tools answer the Responses
 // API through the whole gateway with no upstream, as Codex calls them:
 // mock/tools runs Codex's shell (exec_command) and then answers with what
