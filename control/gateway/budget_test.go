@@ -35,7 +35,7 @@ func TestBudgetRefusesBeforeForwarding(t *testing.T) {
 				"raise it with PATCH /agents/" + agentID},
 		{name: "agent under budget", agentMax: ptr(5.0), agentSpent: 4.99, wantStatus: http.StatusOK},
 	}
-	wantType := map[string]string{"openai": "insufficient_quota", "anthropic": "billing_error"}
+	wantType := map[string]string{"openai": "insufficient_quota", "anthropic": "billing_error", "responses": "insufficient_quota"}
 	for _, d := range dialects {
 		for _, tt := range tests {
 			t.Run(d.name+"/"+tt.name, func(t *testing.T) {

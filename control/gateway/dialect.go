@@ -2,11 +2,13 @@ package gateway
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 
 	"github.com/anthropics/anthropic-sdk-go/v2"
 	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/responses"
 	"github.com/tidwall/gjson"
 )
 
@@ -19,6 +21,9 @@ type dialect struct {
 	// billed requests reserve their estimated cost and have their usage
 	// recorded; every request is budget-checked.
 	billed bool
+	// refuse, when set, refuses requests whose cost the gateway could
+	// not count, although they parse.
+	refuse func(r request) *apiError
 	// setKey puts the real upstream key on an upstream request.
 	setKey func(h http.Header, key string)
 	// errorBody renders one of the gateway's own errors.
@@ -44,6 +49,7 @@ var openAI = &dialect{
 	name:   "openai",
 	path:   "/v1/chat/completions",
 	billed: true,
+	refuse: refusePricedTier,
 	setKey: func(h http.Header, key string) { h.Set("Authorization", "Bearer "+key) },
 	errorBody: func(e *apiError) []byte {
 		return mustJSON(openAIErrorBody(e))
@@ -80,6 +86,99 @@ var anthropicMessages = &dialect{
 		return anthropicUsage(au.InputTokens, au.CacheCreationInputTokens, au.CacheReadInputTokens, au.OutputTokens), true
 	},
 	newStream: func(bool) streamInspector { return &anthropicStream{} },
+}
+
+// openAIResponses is the OpenAI Responses API, which Codex speaks. Its
+// streams always end with response.completed (or .incomplete, .failed),
+// whose response carries the usage, so nothing needs asking for.
+var openAIResponses = &dialect{
+	name:   "openai-responses",
+	path:   "/v1/responses",
+	billed: true,
+	refuse: refuseUncounted,
+	setKey: openAI.setKey,
+	// The API's own errors are OpenAI's error body, as chat completions'.
+	errorBody: openAI.errorBody,
+	streamError: func(e *apiError) []byte {
+		return []byte("event: response.failed\ndata: " + string(mustJSON(responsesFailed(e))) + "\n\n")
+	},
+	usage: func(body []byte) (Usage, bool) {
+		return responsesUsage(gjson.GetBytes(body, "usage"))
+	},
+	newStream: func(bool) streamInspector { return &responsesStream{} },
+}
+
+// refusePricedTier refuses OpenAI's priority processing, which costs a
+// multiple of the list price the price table holds ("auto", "default"
+// and "flex" cost it at most).
+func refusePricedTier(r request) *apiError {
+	if r.serviceTier == "priority" {
+		return errBadRequest("unpriced_service_tier", fmt.Sprintf(
+			"service_tier %q costs more than the list price lapd counts against budgets: lapd refuses it; "+
+				"leave service_tier unset, or use auto, default or flex", r.serviceTier))
+	}
+	return nil
+}
+
+// refuseUncounted refuses what a Responses request can spend beyond what
+// its answer's usage reports, or beyond its reservation:
+//   - a hosted tool the provider bills per call (request.hostedTool).
+//     Codex offers web_search unless told not to; the terminal harness
+//     sets web_search = "disabled";
+//   - background: true, whose answer (and usage) comes later from
+//     GET /v1/responses/{id}, which the gateway does not serve, while the
+//     run, unbounded by the reservation, is billed all the same;
+//   - a priced service tier.
+func refuseUncounted(r request) *apiError {
+	if r.hostedTool != "" {
+		return errBadRequest("unpriced_tool", fmt.Sprintf(
+			"the request offers the hosted tool %s, which the provider bills per call outside the usage the answer reports, "+
+				"so its cost could not count against budgets: lapd refuses it (for Codex, set web_search = \"disabled\")",
+			r.hostedTool))
+	}
+	if r.background {
+		return errBadRequest("unsupported_background", "background responses are answered later, outside the gateway, "+
+			"so their cost could not count against budgets: lapd refuses background: true")
+	}
+	return refusePricedTier(r)
+}
+
+// responsesFailedEvent is the response.failed event the gateway ends a
+// broken Responses stream with: Codex and the SDKs report its error.
+type responsesFailedEvent struct {
+	Type     string `json:"type"`
+	Response struct {
+		Object string `json:"object"`
+		Status string `json:"status"`
+		Error  struct {
+			Code    string `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	} `json:"response"`
+}
+
+func responsesFailed(e *apiError) responsesFailedEvent {
+	ev := responsesFailedEvent{Type: "response.failed"}
+	ev.Response.Object, ev.Response.Status = "response", "failed"
+	ev.Response.Error.Code, ev.Response.Error.Message = e.openAICode, e.msg
+	return ev
+}
+
+// responsesUsage converts a Responses usage object, whose input_tokens
+// includes the cached ones as Usage's does.
+func responsesUsage(u gjson.Result) (Usage, bool) {
+	if !u.IsObject() {
+		return Usage{}, false
+	}
+	var ru responses.ResponseUsage
+	if json.Unmarshal([]byte(u.Raw), &ru) != nil {
+		return Usage{}, false
+	}
+	return Usage{
+		InputTokens:     ru.InputTokens,
+		OutputTokens:    ru.OutputTokens,
+		CacheReadTokens: ru.InputTokensDetails.CachedTokens,
+	}, true
 }
 
 // anthropicCountTokens is Anthropic's token counting: free, so not

@@ -53,6 +53,12 @@ func (g *Gateway) handleCompletion(d *dialect) fiber.Handler {
 		}
 		model := req.model
 		label, price, priced := g.prices.entry(model)
+		if d.refuse != nil {
+			if aerr := d.refuse(req); aerr != nil {
+				g.metrics.request(who.agentID, label, aerr.status)
+				return g.fail(c, d, aerr)
+			}
+		}
 
 		base, client := g.upstream, g.client
 		if mockllm.IsMock(model) {

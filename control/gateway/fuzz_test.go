@@ -8,7 +8,7 @@ import (
 )
 
 // Fuzz targets for the bodies the LLM gateway accepts from sandboxes, in
-// both dialects, for upstream models (relayed to a fake upstream) and
+// every dialect, for upstream models (relayed to a fake upstream) and
 // mock models (answered by lapd itself): whatever a sandbox sends, the
 // gateway answers with a status below 500 and never panics. `make test`
 // runs each for a bounded time; plain `go test` runs the seeds.
@@ -17,6 +17,10 @@ func fuzzGateway(f *testing.F, path string, seeds []string) {
 	up := newFakeUpstream(f, func(w http.ResponseWriter, r *http.Request) {
 		if strings.Contains(r.URL.Path, "/messages") {
 			jsonAnswer(200, anthropicAnswer)(w, r)
+			return
+		}
+		if strings.HasSuffix(r.URL.Path, "/responses") {
+			jsonAnswer(200, responsesAnswer)(w, r)
 			return
 		}
 		jsonAnswer(200, openAIAnswer)(w, r)
@@ -72,5 +76,15 @@ func FuzzAnthropicMessages(f *testing.F) {
 		`{"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}`,
 		`{"model": "mock/tools", "max_tokens": 10, "stream": true, "tools": [{"name": "Bash", "input_schema": {}}], "messages": [{"role": "user", "content": [{"type": "text", "text": "list"}]}]}`,
 		`{"model": "mock/echo", "system": [{"type": "text", "text": "s"}], "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "x", "content": [{"type": "text", "text": "out"}]}]}]}`,
+	})
+}
+
+// FuzzOpenAIResponses: POST /llm/v1/responses.
+func FuzzOpenAIResponses(f *testing.F) {
+	fuzzGateway(f, "/v1/responses", []string{
+		`{"model": "gpt-5", "input": "hi", "max_output_tokens": 100}`,
+		`{"model": "mock/tools", "stream": true, "input": [{"role": "user", "content": "list"}], "tools": [{"type": "function", "name": "exec_command", "parameters": {"type": "object", "required": ["cmd"], "properties": {"cmd": {"type": "array"}}}}]}`,
+		`{"model": "mock/tools", "input": [{"type": "function_call", "call_id": "c", "name": "shell", "arguments": "{}"}, {"type": "function_call_output", "call_id": "c", "output": [{"type": "input_text", "text": "a"}]}], "tools": [{"type": "web_search"}]}`,
+		`{"model": "mock/echo", "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}], "background": true}`,
 	})
 }

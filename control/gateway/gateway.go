@@ -11,11 +11,12 @@
 // Routes (relative to the mount point):
 //
 //	POST /v1/chat/completions        OpenAI chat completions, streamed or not
+//	POST /v1/responses               OpenAI Responses API (Codex), streamed or not
 //	POST /v1/messages                Anthropic messages, streamed or not
 //	POST /v1/messages/count_tokens   Anthropic token counting (budget-checked, not billed)
 //	GET  /v1/models                  upstream models plus the mock models
 //
-// /chat/completions and /models answer without the /v1 too.
+// /chat/completions, /responses and /models answer without the /v1 too.
 //
 // What is priced is what is forwarded: a request body is parsed once and
 // refused if another parser could read it differently (duplicate keys,
@@ -240,12 +241,14 @@ func upstreamBase(base string) string {
 // gateway authenticates sandbox tokens itself.
 func (g *Gateway) Register(r fiber.Router) {
 	r.Post("/v1/chat/completions", g.handleCompletion(openAI))
+	r.Post("/v1/responses", g.handleCompletion(openAIResponses))
 	r.Post("/v1/messages", g.handleCompletion(anthropicMessages))
 	r.Post("/v1/messages/count_tokens", g.handleCompletion(anthropicCountTokens))
 	r.Get("/v1/models", g.handleModels)
 	// Without /v1 too, as LiteLLM's proxy serves them, for OpenAI clients
 	// given the gateway's URL itself as their base URL.
 	r.Post("/chat/completions", g.handleCompletion(openAI))
+	r.Post("/responses", g.handleCompletion(openAIResponses))
 	r.Get("/models", g.handleModels)
 }
 

@@ -30,6 +30,10 @@ var dialects = []struct {
 		func(model string) string {
 			return `{"model":"` + model + `","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}`
 		}, "authentication_error"},
+	{"responses", "/v1/responses", "Authorization", func(tok string) string { return "Bearer " + tok },
+		func(model string) string {
+			return `{"model":"` + model + `","input":[{"role":"user","content":"hi"}]}`
+		}, "invalid_request_error"},
 }
 
 const openAIAnswer = `{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-2024-08-06",` +

@@ -62,7 +62,7 @@ func TestRequestsReadTwoWaysAreRefused(t *testing.T) {
 				require.Equal(t, http.StatusBadRequest, resp.StatusCode, "body %s", body)
 				eb := errorOf(t, body)
 				assert.Contains(t, eb.Error.Message, tt.want)
-				if d.name == "openai" {
+				if d.name != "anthropic" {
 					assert.Equal(t, tt.code, eb.Error.Code)
 				} else {
 					assert.Equal(t, "error", eb.Type)

@@ -19,11 +19,19 @@ type request struct {
 	// stream and includeUsage are "stream" and
 	// "stream_options.include_usage" (OpenAI).
 	stream, includeUsage bool
-	// maxOutput is max_tokens or max_completion_tokens; 0 when neither
-	// is given.
+	// maxOutput is max_tokens, max_completion_tokens (chat completions)
+	// or max_output_tokens (Responses API); 0 when none is given.
 	maxOutput int64
 	// choices is OpenAI's n, the number of answers generated; 1 if unset.
 	choices int64
+	// hostedTool is the type of the first tool offered that the provider
+	// runs and bills by the call, outside the usage (see
+	// unpricedHostedTool); "" if none.
+	hostedTool string
+	// background is the Responses API's background flag.
+	background bool
+	// serviceTier is OpenAI's service_tier; "" when unset.
+	serviceTier string
 }
 
 // Limits of what a request body may contain.
@@ -49,8 +57,9 @@ const (
 //     one model and answered by another;
 //   - top-level keys that differ only in case, which case-insensitive
 //     decoders (Go's encoding/json) read as one;
-//   - model, stream, stream_options, max_tokens, max_completion_tokens and
-//     n of the wrong JSON type, since upstreams coerce them differently
+//   - model, stream, stream_options, max_tokens, max_completion_tokens,
+//     max_output_tokens, n, background and service_tier of the wrong JSON
+//     type, since upstreams coerce them differently
 //     ("stream":"false" is true to Python);
 //   - a model name that is empty, too long or not made of the characters
 //     model names use.
@@ -90,7 +99,7 @@ func parseRequest(body []byte) (request, *apiError) {
 	if r.includeUsage, aerr = optionalBool(doc, "stream_options.include_usage"); aerr != nil {
 		return request{}, aerr
 	}
-	for _, field := range []string{"max_tokens", "max_completion_tokens"} {
+	for _, field := range []string{"max_tokens", "max_completion_tokens", "max_output_tokens"} {
 		v, aerr := optionalCount(doc, field)
 		if aerr != nil {
 			return request{}, aerr
@@ -104,7 +113,41 @@ func parseRequest(body []byte) (request, *apiError) {
 	if n > 0 {
 		r.choices = min(n, maxChoices)
 	}
+	if r.background, aerr = optionalBool(doc, "background"); aerr != nil {
+		return request{}, aerr
+	}
+	switch st := doc.Get("service_tier"); st.Type {
+	case gjson.String:
+		r.serviceTier = clip(st.Str, 64)
+	case gjson.Null:
+	default:
+		if st.Exists() {
+			return request{}, errBadRequest("invalid_request", "service_tier must be a string")
+		}
+	}
+	if tools := doc.Get("tools"); tools.IsArray() {
+		tools.ForEach(func(_, t gjson.Result) bool {
+			if typ := t.Get("type"); typ.Type == gjson.String && unpricedHostedTool(typ.Str) {
+				r.hostedTool = clip(typ.Str, 64)
+				return false
+			}
+			return true
+		})
+	}
 	return r, nil
+}
+
+// unpricedHostedTool reports whether a Responses API tool type is one the
+// provider runs itself and bills per call on top of the tokens, which the
+// answer's usage does not report (web search, file search, the code
+// interpreter's containers, image generation): the gateway could not
+// count what it costs against a budget.
+func unpricedHostedTool(typ string) bool {
+	switch {
+	case strings.HasPrefix(typ, "web_search"), typ == "file_search", typ == "code_interpreter", typ == "image_generation":
+		return true
+	}
+	return false
 }
 
 // checkKeys refuses a document with a key twice in one object, or nested

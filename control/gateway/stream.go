@@ -207,3 +207,28 @@ func (s *anthropicStream) event(ev []byte) bool {
 func (s *anthropicStream) usage() (Usage, bool) {
 	return anthropicUsage(s.input, s.cacheWrite, s.cacheRead, s.output), s.seen
 }
+
+// responsesStream reads usage from the event that ends a Responses
+// stream: response.completed, or response.incomplete (output cut at
+// max_output_tokens) or response.failed, which carry it too once tokens
+// were spent. Other events are not parsed.
+type responsesStream struct {
+	u    Usage
+	seen bool
+}
+
+func (s *responsesStream) event(ev []byte) bool {
+	name, data := eventFields(ev)
+	if name == "" && len(data) > 0 {
+		name = gjson.GetBytes(data, "type").Str
+	}
+	switch name {
+	case "response.completed", "response.incomplete", "response.failed":
+		if u, ok := responsesUsage(gjson.GetBytes(data, "response.usage")); ok {
+			s.u, s.seen = u, true
+		}
+	}
+	return true
+}
+
+func (s *responsesStream) usage() (Usage, bool) { return s.u, s.seen }

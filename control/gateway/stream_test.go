@@ -140,6 +140,7 @@ func TestStreamClientDisconnectCancelsUpstream(t *testing.T) {
 	events := map[string]string{
 		"openai":    `data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o","choices":[{"index":0,"delta":{"content":"token "},"finish_reason":null}]}` + "\n\n",
 		"anthropic": "event: content_block_delta\n" + `data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"token "}}` + "\n\n",
+		"responses": "event: response.output_text.delta\n" + `data: {"type":"response.output_text.delta","sequence_number":1,"item_id":"msg_1","output_index":0,"content_index":0,"delta":"token "}` + "\n\n",
 	}
 	for _, d := range dialects {
 		t.Run(d.name, func(t *testing.T) {

@@ -10,38 +10,18 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"strings"
+
+	"lap.dev/lap/control/gateway/llmwire"
 )
 
 // FormatOpenAIResponses is the OpenAI Responses API.
 const FormatOpenAIResponses Format = "openai-responses"
 
-// responsesRequest is the part of a Responses request the fake reads.
-type responsesRequest struct {
-	Model        string            `json:"model"`
-	Stream       bool              `json:"stream"`
-	Instructions string            `json:"instructions"`
-	Input        json.RawMessage   `json:"input"`
-	Tools        []json.RawMessage `json:"tools"`
-}
-
-// responsesItem is one input item: a message, a call or a call's output.
-type responsesItem struct {
-	Type      string          `json:"type"`
-	Role      string          `json:"role"`
-	Content   json.RawMessage `json:"content"`
-	CallID    string          `json:"call_id"`
-	Name      string          `json:"name"`
-	Arguments string          `json:"arguments"`
-	Input     string          `json:"input"` // custom_tool_call
-	Output    json.RawMessage `json:"output"`
-}
-
 // parseOpenAIResponses turns a Responses body into a Request: instructions
 // and developer/system messages are system messages, function and custom
 // tool calls join one assistant message, their outputs are tool messages.
 func parseOpenAIResponses(body []byte) (Request, error) {
-	var in responsesRequest
+	var in llmwire.ResponsesRequest
 	if err := json.Unmarshal(body, &in); err != nil {
 		return Request{}, fmt.Errorf("parse request body: %w", err)
 	}
@@ -49,22 +29,14 @@ func parseOpenAIResponses(body []byte) (Request, error) {
 	if in.Instructions != "" {
 		req.Messages = append(req.Messages, Message{Role: "system", Text: in.Instructions})
 	}
-	var items []responsesItem
-	if len(in.Input) > 0 && in.Input[0] == '"' {
-		var text string
-		if err := json.Unmarshal(in.Input, &text); err != nil {
-			return Request{}, fmt.Errorf("input: %w", err)
-		}
-		items = []responsesItem{{Type: "message", Role: "user", Content: in.Input}}
-	} else if len(in.Input) > 0 {
-		if err := json.Unmarshal(in.Input, &items); err != nil {
-			return Request{}, fmt.Errorf("input: %w", err)
-		}
+	items, err := in.Items()
+	if err != nil {
+		return Request{}, err
 	}
 	for i, it := range items {
 		switch it.Type {
 		case "message", "":
-			text, err := responsesText(it.Content)
+			text, err := llmwire.ResponsesText(it.Content)
 			if err != nil {
 				return Request{}, fmt.Errorf("input[%d].content: %w", i, err)
 			}
@@ -85,7 +57,7 @@ func parseOpenAIResponses(body []byte) (Request, error) {
 				req.Messages = append(req.Messages, Message{Role: "assistant", ToolCalls: []ToolCall{call}})
 			}
 		case "function_call_output", "custom_tool_call_output":
-			text, err := responsesText(it.Output)
+			text, err := llmwire.ResponsesText(it.Output)
 			if err != nil {
 				return Request{}, fmt.Errorf("input[%d].output: %w", i, err)
 			}
@@ -93,44 +65,12 @@ func parseOpenAIResponses(body []byte) (Request, error) {
 		}
 		// Other items (reasoning, web search…) carry nothing a script reads.
 	}
-	for _, raw := range in.Tools {
-		var t struct {
-			Type        string          `json:"type"`
-			Name        string          `json:"name"`
-			Description string          `json:"description"`
-			Parameters  json.RawMessage `json:"parameters"`
-		}
-		if err := json.Unmarshal(raw, &t); err != nil {
-			return Request{}, fmt.Errorf("tools: %w", err)
-		}
+	for _, t := range in.Tools {
 		if t.Name != "" {
 			req.Tools = append(req.Tools, Tool{Name: t.Name, Description: t.Description, Parameters: t.Parameters})
 		}
 	}
 	return req, nil
-}
-
-// responsesText reads content that is a string, null or an array of parts
-// (input_text, output_text…), joining the parts' text.
-func responsesText(raw json.RawMessage) (string, error) {
-	if len(raw) == 0 || string(raw) == "null" {
-		return "", nil
-	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err == nil {
-		return s, nil
-	}
-	var parts []struct {
-		Text string `json:"text"`
-	}
-	if err := json.Unmarshal(raw, &parts); err != nil {
-		return "", fmt.Errorf("neither a string nor an array of parts")
-	}
-	var b strings.Builder
-	for _, p := range parts {
-		b.WriteString(p.Text)
-	}
-	return b.String(), nil
 }
 
 var openAIResponses = wire{
@@ -144,12 +84,14 @@ var openAIResponses = wire{
 
 func responseID(req Request) string { return fmt.Sprintf("resp_fake%d", req.Seq) }
 
+func messageID(req Request) string { return fmt.Sprintf("msg_fake%d", req.Seq) }
+
 // responsesOutput is the reply's output items: its text as one message,
 // then each tool call as a function_call.
-func responsesOutput(req Request, reply Reply) []map[string]any {
-	var out []map[string]any
+func responsesOutput(req Request, reply Reply) []llmwire.ResponsesOutputItem {
+	out := []llmwire.ResponsesOutputItem{}
 	if reply.Text != "" {
-		out = append(out, responsesMessage(req, reply.Text))
+		out = append(out, llmwire.NewResponsesMessage(messageID(req), reply.Text))
 	}
 	for _, c := range reply.ToolCalls {
 		out = append(out, responsesCall(c))
@@ -157,29 +99,17 @@ func responsesOutput(req Request, reply Reply) []map[string]any {
 	return out
 }
 
-func responsesMessage(req Request, text string) map[string]any {
-	return map[string]any{
-		"type": "message", "id": fmt.Sprintf("msg_fake%d", req.Seq), "status": "completed", "role": "assistant",
-		"content": []any{map[string]any{"type": "output_text", "text": text, "annotations": []any{}}},
-	}
-}
-
-func responsesCall(c ToolCall) map[string]any {
-	return map[string]any{"type": "function_call", "id": "fc_" + c.ID, "call_id": c.ID, "name": c.Name, "arguments": c.Arguments, "status": "completed"}
+func responsesCall(c ToolCall) llmwire.ResponsesOutputItem {
+	return llmwire.NewResponsesFunctionCall("fc_"+c.ID, c.ID, c.Name, c.Arguments)
 }
 
 // responsesBody is the response object, status completed.
-func responsesBody(req Request, reply Reply) map[string]any {
+func responsesBody(req Request, reply Reply) *llmwire.Response {
 	u := usage(req, reply)
-	return map[string]any{
-		"id": responseID(req), "object": "response", "status": "completed", "model": req.Model,
-		"output": responsesOutput(req, reply),
-		"usage": map[string]any{
-			"input_tokens": u.PromptTokens, "output_tokens": u.CompletionTokens,
-			"total_tokens":          u.PromptTokens + u.CompletionTokens,
-			"input_tokens_details":  map[string]any{"cached_tokens": 0},
-			"output_tokens_details": map[string]any{"reasoning_tokens": 0},
-		},
+	return &llmwire.Response{
+		ID: responseID(req), Object: "response", Status: "completed", Model: req.Model,
+		Output: responsesOutput(req, reply),
+		Usage:  llmwire.NewResponsesUsage(u.PromptTokens, u.CompletionTokens),
 	}
 }
 
@@ -191,64 +121,70 @@ func (s *Server) streamOpenAIResponses(w http.ResponseWriter, r *http.Request, r
 	ctx := r.Context()
 	events := startSSE(w)
 	seq := 0
-	send := func(event string, data map[string]any) error {
-		data["type"] = event
-		data["sequence_number"] = seq
+	send := func(ev llmwire.ResponsesEvent) error {
+		ev.SequenceNumber = seq
 		seq++
-		b, err := json.Marshal(data)
+		b, err := json.Marshal(ev)
 		if err != nil {
 			return err
 		}
-		if err := events.write(event, b); err != nil {
+		if err := events.write(ev.Type, b); err != nil {
 			return err
 		}
 		return s.pause(ctx, reply.ChunkDelay)
 	}
-	created := map[string]any{"id": responseID(req), "object": "response", "status": "in_progress", "model": req.Model, "output": []any{}}
-	if send("response.created", map[string]any{"response": created}) != nil {
+	created := &llmwire.Response{ID: responseID(req), Object: "response", Status: "in_progress", Model: req.Model,
+		Output: []llmwire.ResponsesOutputItem{}}
+	if send(llmwire.ResponsesEvent{Type: "response.created", Response: created}) != nil {
 		return
 	}
 	index := 0
 	if reply.Text != "" || reply.Hang || reply.StreamError != "" {
-		msg := responsesMessage(req, "")
-		msg["status"], msg["content"] = "in_progress", []any{}
-		if send("response.output_item.added", map[string]any{"output_index": index, "item": msg}) != nil {
+		msg := llmwire.NewResponsesMessage(messageID(req), "")
+		msg.Status, msg.Content = "in_progress", nil
+		if send(llmwire.ResponsesEvent{Type: "response.output_item.added", OutputIndex: llmwire.Index(index), Item: &msg}) != nil {
 			return
 		}
 		for _, piece := range split(reply.Text, reply.Chunks) {
-			if send("response.output_text.delta", map[string]any{"output_index": index, "content_index": 0, "item_id": msg["id"], "delta": piece}) != nil {
+			if send(llmwire.ResponsesEvent{Type: "response.output_text.delta", OutputIndex: llmwire.Index(index),
+				ContentIndex: llmwire.Index(0), ItemID: msg.ID, Delta: piece}) != nil {
 				return
 			}
 		}
 		if reply.StreamError != "" {
-			_ = send("response.failed", map[string]any{"response": map[string]any{"id": responseID(req), "status": "failed",
-				"error": map[string]any{"code": "server_error", "message": reply.StreamError}}})
+			_ = send(llmwire.ResponsesEvent{Type: "response.failed", Response: &llmwire.Response{
+				ID: responseID(req), Object: "response", Status: "failed", Model: req.Model, Output: []llmwire.ResponsesOutputItem{},
+				Error: &llmwire.ResponsesError{Code: "server_error", Message: reply.StreamError}}})
 			return
 		}
 		if reply.Hang {
 			s.hang(ctx)
 			return
 		}
-		if send("response.output_item.done", map[string]any{"output_index": index, "item": responsesMessage(req, reply.Text)}) != nil {
+		done := llmwire.NewResponsesMessage(messageID(req), reply.Text)
+		if send(llmwire.ResponsesEvent{Type: "response.output_item.done", OutputIndex: llmwire.Index(index), Item: &done}) != nil {
 			return
 		}
 		index++
 	}
 	for _, c := range reply.ToolCalls {
 		item := responsesCall(c)
-		item["arguments"], item["status"] = "", "in_progress"
-		if send("response.output_item.added", map[string]any{"output_index": index, "item": item}) != nil {
+		empty := ""
+		item.Arguments, item.Status = &empty, "in_progress"
+		if send(llmwire.ResponsesEvent{Type: "response.output_item.added", OutputIndex: llmwire.Index(index), Item: &item}) != nil {
 			return
 		}
 		for _, piece := range split(c.Arguments, reply.Chunks) {
-			if send("response.function_call_arguments.delta", map[string]any{"output_index": index, "item_id": item["id"], "delta": piece}) != nil {
+			if send(llmwire.ResponsesEvent{Type: "response.function_call_arguments.delta", OutputIndex: llmwire.Index(index),
+				ItemID: item.ID, Delta: piece}) != nil {
 				return
 			}
 		}
-		if send("response.output_item.done", map[string]any{"output_index": index, "item": responsesCall(c)}) != nil {
+		done := responsesCall(c)
+		if send(llmwire.ResponsesEvent{Type: "response.output_item.done", OutputIndex: llmwire.Index(index), Item: &done}) != nil {
 			return
 		}
 		index++
 	}
-	_ = send("response.completed", map[string]any{"response": responsesBody(req, reply)})
+	_ = send(llmwire.ResponsesEvent{Type: "response.completed", Response: responsesBody(req, reply)})
 }

@@ -130,8 +130,9 @@ const codexTokenEnv = "LAP_LLM_TOKEN"
 // configureCodex writes $HOME/.codex/config.toml: a custom model provider
 // whose base URL is the gateway and whose key is the stub token, spoken
 // over the Responses API (this Codex refuses wire_api = "chat"), no
-// approvals and no Codex sandbox (lap's sandbox is the boundary), the repo
-// trusted, no update check and no analytics. It is rewritten on every
+// approvals and no Codex sandbox (lap's sandbox is the boundary), no
+// hosted web search (see below), the repo trusted, no update check and
+// no analytics. It is rewritten on every
 // start, so a changed agent takes effect.
 func configureCodex(s *Server) error {
 	dir := filepath.Join(s.home, ".codex")
@@ -150,6 +151,10 @@ func configureCodex(s *Server) error {
 	// Keystrokes arrive in bursts over the network (lapd's relay); Codex
 	// would take a burst ending in Enter for a paste with a newline.
 	b.WriteString("disable_paste_burst = true\n")
+	// The provider's hosted web search is billed per call outside the
+	// usage an answer reports, so lapd's gateway refuses requests that
+	// offer it; Codex offers it unless it is disabled.
+	b.WriteString("web_search = \"disabled\"\n")
 	if s.cfg.AgentPrompt != "" {
 		fmt.Fprintf(&b, "developer_instructions = %s\n", tomlString(s.cfg.AgentPrompt))
 	}

@@ -1,7 +1,8 @@
-// Package llmwire declares the two LLM wire formats lap's stand-in models
-// speak — OpenAI chat completions and Anthropic messages: the request
-// fields they read, the whole answers, the stream chunks and events, the
-// error bodies, and their server-sent-event encodings. The gateway's
+// Package llmwire declares the LLM wire formats lap's stand-in models
+// speak — OpenAI chat completions, the OpenAI Responses API and Anthropic
+// messages: the request fields they read, the whole answers, the stream
+// chunks and events, the error bodies, and their server-sent-event
+// encodings. The gateway's
 // offline mock models (control/gateway/mockllm) and the scripted fake LLM
 // of the end-to-end tests (e2e/fakellm) both build on it, so the formats
 // are written down once, where control may import them.

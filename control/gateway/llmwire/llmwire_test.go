@@ -77,3 +77,63 @@ func TestSDKsDecodeAnswers(t *testing.T) {
 		t.Errorf("anthropic decoded %+v", am)
 	}
 }
+
+func TestResponsesShapes(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		input string
+		want  []ResponsesItem
+		err   bool
+	}{
+		{`"hi"`, []ResponsesItem{{Type: "message", Role: "user", Content: json.RawMessage(`"hi"`)}}, false},
+		{`null`, nil, false},
+		{`[{"type":"function_call_output","call_id":"c1","output":"ok"}]`,
+			[]ResponsesItem{{Type: "function_call_output", CallID: "c1", Output: json.RawMessage(`"ok"`)}}, false},
+		{`{"role":"user"}`, nil, true},
+	} {
+		got, err := ResponsesRequest{Input: json.RawMessage(tc.input)}.Items()
+		if (err != nil) != tc.err || !equalJSON(t, got, tc.want) {
+			t.Errorf("Items(%s) = %+v, %v; want %+v, error %v", tc.input, got, err, tc.want, tc.err)
+		}
+	}
+	text, err := ResponsesText(json.RawMessage(`[{"type":"input_text","text":"a"},{"type":"input_image"},{"type":"input_text","text":"b"}]`))
+	if text != "ab" || err != nil {
+		t.Errorf("ResponsesText = %q, %v; want ab", text, err)
+	}
+}
+
+// TestResponsesStreamNumbers: events are named after their type and
+// numbered in order, and index 0 is sent, not omitted.
+func TestResponsesStreamNumbers(t *testing.T) {
+	t.Parallel()
+	var b bytes.Buffer
+	s := NewResponsesStream(&b)
+	for _, ev := range []ResponsesEvent{
+		{Type: "response.created", Response: &Response{ID: "r", Object: "response", Status: "in_progress", Output: []ResponsesOutputItem{}}},
+		{Type: "response.output_text.delta", OutputIndex: Index(0), ContentIndex: Index(0), ItemID: "m", Delta: "hi"},
+	} {
+		if err := s.Send(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := "event: response.created\n" +
+		`data: {"type":"response.created","sequence_number":0,"response":{"id":"r","object":"response","created_at":0,"status":"in_progress","model":"","output":[],"error":null}}` + "\n\n" +
+		"event: response.output_text.delta\n" +
+		`data: {"type":"response.output_text.delta","sequence_number":1,"output_index":0,"content_index":0,"item_id":"m","delta":"hi"}` + "\n\n"
+	if b.String() != want {
+		t.Errorf("events = %q, want %q", b.String(), want)
+	}
+}
+
+func equalJSON(t *testing.T, a, b any) bool {
+	t.Helper()
+	ja, err := json.Marshal(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jb, err := json.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Equal(ja, jb)
+}

@@ -1,14 +1,15 @@
 // Package mockllm is lap's offline demo LLM: models named mock/<name>,
-// answered in-process with no upstream, in both the OpenAI chat completions
-// and the Anthropic messages wire formats, streamed and not. Answers are
+// answered in-process with no upstream, in the OpenAI chat completions,
+// OpenAI Responses and Anthropic messages wire formats, streamed and not. Answers are
 // deterministic (the same request gets the same answer) and carry usage
 // estimates, so the gateway's usage, cost and budget paths work offline.
 //
 //   - mock/echo answers with the text of the last user message.
 //   - mock/tools calls a file-listing tool the request offers (the lap
-//     harness's list_files, else bash/Bash with `ls`, else glob/Glob with
-//     `*`, else list/LS), and once the tool result comes back, answers with
-//     what the tool returned.
+//     harness's list_files, else a shell — bash/Bash, or Codex's
+//     exec_command, shell_command or shell — with `ls`, else glob/Glob
+//     with `*`, else list/LS), and once the tool result comes back,
+//     answers with what the tool returned.
 //
 // The gateway reaches it as an http.RoundTripper (Transport), so mock
 // answers go through exactly the same relay, usage and streaming code as
@@ -43,7 +44,8 @@ func Models() []string { return []string{Echo, Tools} }
 func IsMock(model string) bool { return strings.HasPrefix(model, Prefix) }
 
 // Transport answers requests for mock models in-process, as if it were an
-// upstream LLM API: POST …/v1/chat/completions, …/v1/messages and
+// upstream LLM API: POST …/v1/chat/completions, …/v1/responses,
+// …/v1/messages and
 // …/v1/messages/count_tokens, GET …/v1/models. Only the path's suffix
 // matters, so any base URL works.
 type Transport struct{}
@@ -108,6 +110,8 @@ func answer(method, path string, body []byte) response {
 	switch {
 	case strings.HasSuffix(path, "/v1/chat/completions") && method == http.MethodPost:
 		return answerOpenAI(body)
+	case strings.HasSuffix(path, "/v1/responses") && method == http.MethodPost:
+		return answerResponses(body)
 	case strings.HasSuffix(path, "/v1/messages") && method == http.MethodPost:
 		return answerAnthropic(body)
 	case strings.HasSuffix(path, "/v1/messages/count_tokens") && method == http.MethodPost:
@@ -210,16 +214,18 @@ func (c conversation) reply() (reply, error) {
 		if call, ok := listFilesCall(c.tools); ok {
 			return reply{text: "I'll list the files with " + call.name + ".", call: &call}, nil
 		}
-		return reply{text: "mock/tools: this request offers no tool to list files (list_files, bash, glob or list), " +
+		return reply{text: "mock/tools: this request offers no tool to list files (list_files, a shell, glob or list), " +
 			"so I can only repeat your message: " + c.lastUser}, nil
 	}
 	return reply{}, errUnknownModel(c.model)
 }
 
 // listTools are the file-listing tools mock/tools looks for, best first
-// (names compared case-insensitively): the lap harness's, then those of
-// Claude Code and opencode.
-var listTools = []string{"list_files", "bash", "glob", "list", "ls"}
+// (names compared case-insensitively): the lap harness's, then the shells
+// of Claude Code and opencode (bash) and of Codex (exec_command,
+// shell_command or shell, depending on its version and model), then the
+// other listing tools of Claude Code and opencode.
+var listTools = []string{"list_files", "bash", "exec_command", "shell_command", "shell", "glob", "list", "ls"}
 
 // listFilesCall picks the best offered file-listing tool and the arguments
 // to call it with.
@@ -245,6 +251,7 @@ func listFilesCall(offered []tool) (toolCall, bool) {
 // argValues are the arguments a file listing needs, by parameter name.
 var argValues = map[string]any{
 	"command":     "ls",
+	"cmd":         "ls", // Codex's exec_command
 	"description": "List the files in the working directory",
 	"pattern":     "*",
 	"glob":        "*",
@@ -270,8 +277,12 @@ func argsFor(t tool) map[string]any {
 	args := map[string]any{}
 	if len(schema.Properties) == 0 {
 		switch strings.ToLower(t.name) {
-		case "bash":
+		case "bash", "shell_command":
 			args["command"] = argValues["command"]
+		case "exec_command":
+			args["cmd"] = argValues["cmd"]
+		case "shell":
+			args["command"] = []any{argValues["command"]}
 		case "glob":
 			args["pattern"] = argValues["pattern"]
 		case "list", "ls":
@@ -283,11 +294,15 @@ func argsFor(t tool) map[string]any {
 		if !slices.Contains(schema.Required, name) && name != "description" {
 			continue
 		}
+		typ, _ := p.Type.(string)
 		if v, ok := argValues[strings.ToLower(name)]; ok {
+			if typ == "array" {
+				// Codex's shell takes its command as argv.
+				v = []any{v}
+			}
 			args[name] = v
 			continue
 		}
-		typ, _ := p.Type.(string)
 		switch typ {
 		case "boolean":
 			args[name] = false
