@@ -58,7 +58,7 @@ func (o *orchestrator) suspendIdle(ctx context.Context, now time.Time) {
 		o.mu.Lock()
 		_, busy := o.active[id]
 		o.mu.Unlock()
-		if busy {
+		if busy || o.terms.attached(id) {
 			continue
 		}
 		n++

@@ -89,6 +89,11 @@ type Session struct {
 	IdleTimeoutMS    int64     `json:"idle_timeout_ms"`
 	MaxBudgetUSD     *float64  `json:"max_budget_usd,omitempty"`
 	Usage            Usage     `json:"usage"`
+	// TTYURL and TTYToken are set for sessions of terminal agents: the
+	// lapd path of the session's terminal WebSocket (relative to the
+	// server) and the token, good for that session only, that opens it.
+	TTYURL   string `json:"tty_url,omitempty"`
+	TTYToken string `json:"tty_token,omitempty"`
 }
 
 // CreateSessionRequest is the body of POST /agents/:id/session.
