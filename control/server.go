@@ -84,6 +84,7 @@ type Server struct {
 	// tracks once hijacked; Shutdown cancels it.
 	ttyCtx    context.Context
 	cancelTTY context.CancelFunc
+	relays    relaySet
 
 	// pingInterval spaces SSE keep-alives (tests shorten it).
 	pingInterval time.Duration
@@ -285,6 +286,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	go func() { shut <- s.app.ShutdownWithContext(ctx) }()
 
 	s.o.stop(ctx, s.cancelBase)
+	s.relays.closeAndWait(ctx)
 	err := <-shut
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		err = nil // connections still open were cut; that is the bound

@@ -204,6 +204,11 @@ func (s *Server) serveTTY(c *fiber.Ctx) error {
 	c.Context().HijackSetNoResponse(true)
 	c.Context().Hijack(func(conn net.Conn) {
 		defer s.o.terms.add(id, -1)
+		if !s.relays.enter() {
+			_ = up.CloseNow() // lapd is stopping
+			return
+		}
+		defer s.relays.leave()
 		defer s.o.touch(context.WithoutCancel(s.baseCtx), id) // idle from the detach on
 		w := &hijackWriter{conn: conn, header: http.Header{}}
 		// The token authorizes a client, not its origin: the clients
@@ -220,6 +225,42 @@ func (s *Server) serveTTY(c *fiber.Ctx) error {
 		s.log.Info("tty detached", "session", id, "reason", reason)
 	})
 	return nil
+}
+
+// relaySet tracks the running relays, which fasthttp no longer does once
+// it handed their connections over, so Shutdown can wait for them (they
+// write the session's last activity).
+type relaySet struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// enter registers a relay; false once lapd is stopping.
+func (r *relaySet) enter() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return false
+	}
+	r.wg.Add(1)
+	return true
+}
+
+func (r *relaySet) leave() { r.wg.Done() }
+
+// closeAndWait refuses new relays and waits for the running ones, or
+// for ctx.
+func (r *relaySet) closeAndWait(ctx context.Context) {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	done := make(chan struct{})
+	go func() { r.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
 }
 
 // upgradeRequest copies the upgrade request out of fasthttp's context,

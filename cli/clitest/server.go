@@ -57,6 +57,9 @@ type Server struct {
 
 	warm  bool
 	extra []api.Harness
+	// holds: provisionings are held for a watching client (the test
+	// backend's hook; not with Options.Backend).
+	holds bool
 	ctl   *control.Server
 	srv   *httptest.Server
 
@@ -85,6 +88,10 @@ type Options struct {
 	// harness without a chat API yet (terminal harnesses are to come),
 	// so a test of how the CLI refuses one lists one here.
 	ExtraHarnesses []api.Harness
+	// Backend, when set, runs the sandboxes instead of the test backend
+	// (e.g. TTYBackend); the test closes it. Provisionings are then not
+	// held for a watching client.
+	Backend sandboxes.Backend
 }
 
 // DefaultPhases are the phases a client watching a cold session sees
@@ -122,7 +129,13 @@ func NewServer(t testing.TB, opts Options) *Server {
 		t.Fatalf("secrets: %v", err)
 	}
 	s := &Server{Key: TestKey, Store: st, warm: opts.Warm, extra: opts.ExtraHarnesses}
-	backend := sandboxestest.New(sandboxestest.Options{BeforeProvision: s.beforeProvision})
+	var backend sandboxes.Backend = opts.Backend
+	if backend == nil {
+		own := sandboxestest.New(sandboxestest.Options{BeforeProvision: s.beforeProvision})
+		t.Cleanup(own.Close) // runs after the shutdown, registered later
+		backend = own
+		s.holds = true
+	}
 	s.ctl, err = control.New(control.Options{
 		Config: cfg, Store: st, Backend: backend, Secrets: box,
 		Tokens: sandboxtoken.NewSigner(box.DeriveKey(secrets.SandboxTokenLabel)),
@@ -158,7 +171,6 @@ func NewServer(t testing.TB, opts Options) *Server {
 		if err := st.Close(); err != nil {
 			t.Errorf("close store: %v", err)
 		}
-		backend.Close()
 	})
 	return s
 }
@@ -315,7 +327,7 @@ func (s *Server) recorder(next http.Handler) http.Handler {
 		}
 		authorized := r.Header.Get("Authorization") == "Bearer "+s.Key
 		switch {
-		case authorized && r.Method == http.MethodPost && strings.HasPrefix(path, "/agents/") && strings.HasSuffix(path, "/session"):
+		case authorized && s.holds && r.Method == http.MethodPost && strings.HasPrefix(path, "/agents/") && strings.HasSuffix(path, "/session"):
 			s.createSession(w, r, next)
 		case authorized && r.Method == http.MethodGet && path == "/harnesses" && len(s.extra) > 0:
 			s.listHarnesses(w, r, next)
