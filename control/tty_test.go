@@ -322,6 +322,28 @@ func TestTerminalSessionThroughLapd(t *testing.T) {
 	assert.Equal(t, http.StatusBadRequest, st, "%s", b)
 }
 
+func TestWarmTerminalSession(t *testing.T) {
+	e := newTTYEnv(t, map[string]string{"WARM_POOL_SIZE": "1"})
+	a := e.createAgent("tui", map[string]any{"harness_id": "claude-code", "repo_url": ""})
+	waitfor.Within(t, 60*time.Second, "a warm sandbox", func() bool {
+		sbs, _ := e.store.ListSandboxes(context.Background(), store.SandboxFilter{})
+		for _, sb := range sbs {
+			if sb.AgentID == a.ID && sb.State == store.SandboxWarm {
+				return true
+			}
+		}
+		return false
+	})
+	var sess api.Session
+	require.Equal(t, http.StatusCreated, e.do(http.MethodPost, "/agents/tui/session", map[string]any{}, &sess))
+	require.Equal(t, api.SessionReady, sess.Status, "a warm claim is ready in the answer")
+	require.NotEmpty(t, sess.TTYToken)
+	tm, code, err := e.dialTerm(sess.TTYURL, sess.TTYToken, true)
+	require.NoError(t, err, "HTTP %d", code)
+	tm.waitFor(0, "fake tool ready", 30*time.Second)
+	tm.detach()
+}
+
 func TestChatSessionHasNoTerminal(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	e.createAgent("chat", nil)
