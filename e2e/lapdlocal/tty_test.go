@@ -20,6 +20,7 @@ import (
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/e2e/platform"
+	"lap.dev/lap/internal/waitfor"
 )
 
 const (
@@ -31,11 +32,12 @@ const (
 // TestClaudeCodeThroughLapdTTY runs the real Claude Code (make build's
 // pinned one) in a local sandbox and works it through lapd's terminal
 // WebSocket as lap's CLI would: the prompt typed, the model's Read and
-// Edit tool calls run in the repo, the reply drawn, a detach, and a
-// re-attach that redraws the reply.
+// Edit tool calls run in the repo, the reply drawn, a detach, a
+// re-attach that redraws the reply, and, once the session scaled to zero,
+// an attach that resumes it with the conversation.
 func TestClaudeCodeThroughLapdTTY(t *testing.T) {
 	t.Parallel()
-	p := platform.New(t, map[string]string{"WARM_POOL_SIZE": "0", "LOCAL_STOP_ON_EXIT": "true"})
+	p := platform.New(t, map[string]string{"WARM_POOL_SIZE": "0", "LOCAL_STOP_ON_EXIT": "true", "SESSION_IDLE_TIMEOUT": "3s"})
 	p.Env["LAP_SANDBOX_GATEWAY_URL"] = p.LLM.URL() + "/llm"
 	// make build's launcher of the terminal harness with Claude Code.
 	launcher := filepath.Join(platform.RepoRoot(t), "bin", "lap-harness-claude-code")
@@ -92,6 +94,14 @@ func TestClaudeCodeThroughLapdTTY(t *testing.T) {
 	tm2 := dialLapdTTY(t, l, sess)
 	tm2.waitFor(0, ttyReply, time.Minute)
 	tm2.detach()
+
+	// Detached and idle: scaled to zero; attaching resumes the sandbox,
+	// and Claude Code continues its conversation (--continue).
+	waitfor.Within(t, time.Minute, "the session idles", func() bool { return l.Session(sess.ID, "").Status == api.SessionIdle })
+	tm3 := dialLapdTTY(t, l, sess)
+	tm3.waitFor(0, ttyReply, 2*time.Minute)
+	assert.Equal(t, api.SessionReady, l.Session(sess.ID, "").Status)
+	tm3.detach()
 }
 
 // ttyTurn finds whether the request answers the fix prompt and how far
