@@ -43,29 +43,26 @@ while IFS= read -r line; do
 done
 `
 
-var (
-	ttyHarnessOnce sync.Once
-	ttyHarnessBin  string
-	ttyHarnessErr  error
-)
+// ttyHarnessBin is cmd/lap-tty-harness, built by TestMain into a
+// directory removed when the tests end.
+var ttyHarnessBin string
 
-// ttyHarness builds cmd/lap-tty-harness once per test binary.
-func ttyHarness(t testing.TB) string {
-	t.Helper()
-	ttyHarnessOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "lapttyh")
-		if err != nil {
-			ttyHarnessErr = err
-			return
-		}
-		ttyHarnessBin = filepath.Join(dir, "lap-tty-harness")
-		out, err := exec.Command("go", "build", "-o", ttyHarnessBin, "lap.dev/lap/cmd/lap-tty-harness").CombinedOutput()
-		if err != nil {
-			ttyHarnessErr = fmt.Errorf("go build lap-tty-harness: %v: %s", err, out)
-		}
-	})
-	require.NoError(t, ttyHarnessErr)
-	return ttyHarnessBin
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "lapttyh")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	ttyHarnessBin = filepath.Join(dir, "lap-tty-harness")
+	out, err := exec.Command("go", "build", "-o", ttyHarnessBin, "lap.dev/lap/cmd/lap-tty-harness").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "go build lap-tty-harness: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // ttyEnv is lapd on loopback with the local backend running the real
@@ -78,7 +75,7 @@ type ttyEnv struct {
 
 func newTTYEnv(t testing.TB, settings map[string]string) *ttyEnv {
 	t.Helper()
-	bin := ttyHarness(t)
+	bin := ttyHarnessBin
 	tool := filepath.Join(t.TempDir(), "fake-claude")
 	require.NoError(t, os.WriteFile(tool, []byte(fakeTUI), 0o755))
 	dir := t.TempDir()
