@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"lap.dev/lap/cli/clitest"
 	"lap.dev/lap/control/api"
 	"lap.dev/lap/e2e/fakellm"
 	"lap.dev/lap/e2e/platform"
@@ -37,42 +38,7 @@ const (
 // an attach that resumes it with the conversation.
 func TestClaudeCodeThroughLapdTTY(t *testing.T) {
 	t.Parallel()
-	p := platform.New(t, map[string]string{"WARM_POOL_SIZE": "0", "LOCAL_STOP_ON_EXIT": "true", "SESSION_IDLE_TIMEOUT": "3s"})
-	p.Env["LAP_SANDBOX_GATEWAY_URL"] = p.LLM.URL() + "/llm"
-	// make build's launcher of the terminal harness with Claude Code.
-	launcher := filepath.Join(platform.RepoRoot(t), "bin", "lap-harness-claude-code")
-	if _, err := os.Stat(launcher); err != nil {
-		t.Fatalf("%s is not built (%v): run `make build` first", launcher, err)
-	}
-	// tmux's socket lives in the workspace, under the data dir, and a
-	// unix socket's path has ~100 bytes: the platform's is too long.
-	data, err := os.MkdirTemp("", "lt")
-	require.NoError(t, err)
-	require.NoError(t, os.Chmod(data, 0o711))
-	t.Cleanup(func() { _ = os.RemoveAll(data) })
-	p.Env["LAP_DATA_DIR"] = data
-	p.Env["PATH"] = filepath.Dir(launcher) + string(os.PathListSeparator) + p.Env["PATH"]
-	var readme string
-	p.LLM.Respond(func(r fakellm.Request) fakellm.Reply {
-		isFix, step := ttyTurn(r)
-		switch {
-		case len(r.Tools) == 0 || !isFix:
-			return fakellm.Text("ok") // side requests: titles, summaries
-		case step == 0:
-			return fakellm.Reply{Text: "Let me read it.", ToolCalls: []fakellm.ToolCall{fakellm.ClaudeCodeTools.Read(readme)}}
-		case step == 1:
-			return fakellm.CallTools(fakellm.ClaudeCodeTools.Edit(readme, "hello world", "hello from the agent"))
-		default:
-			return fakellm.Reply{Text: ttyReply, Chunks: 1}
-		}
-	})
-	l := p.Start()
-	defer l.Stop()
-	l.CreateAgentWith(api.CreateAgentRequest{Name: "cc", HarnessID: "claude-code", Model: "anthropic/claude-sonnet-4-5",
-		Prompt: "You are a careful engineer.", RepoURL: platform.GitRepo(t, map[string]string{"README.md": "# demo\nhello world\n"})})
-	sess := l.ReadySession("cc")
-	require.NotEmpty(t, sess.TTYURL)
-	readme = filepath.Join(p.Workspace(sess.SandboxID), "repo", "README.md")
+	_, l, sess, readme := startClaudeCode(t, "3s")
 
 	began := time.Now()
 	tm := dialLapdTTY(t, l, sess)
@@ -85,8 +51,7 @@ func TestClaudeCodeThroughLapdTTY(t *testing.T) {
 	tm.waitFor(m, ttyFixPrompt, 30*time.Second)
 	tm.send("\r") // Enter on its own, as a person's keystroke
 	tm.waitFor(m, ttyReply, 2*time.Minute)
-	var onDisk []byte
-	onDisk, err = os.ReadFile(readme)
+	onDisk, err := os.ReadFile(readme)
 	require.NoError(t, err)
 	assert.Equal(t, "# demo\nhello from the agent\n", string(onDisk), "Claude Code's Edit tool changed the repo")
 	tm.detach()
@@ -102,6 +67,86 @@ func TestClaudeCodeThroughLapdTTY(t *testing.T) {
 	tm3.waitFor(0, ttyReply, 2*time.Minute)
 	assert.Equal(t, api.SessionReady, l.Session(sess.ID, "").Status)
 	tm3.detach()
+}
+
+// startClaudeCode runs lapd with make build's Claude Code terminal
+// harness and the fake LLM scripted for the fix prompt (Read, Edit,
+// reply), and opens a ready session of a claude-code agent; readme is the
+// file the turn edits.
+func startClaudeCode(t *testing.T, idle string) (p *platform.Platform, l *platform.Lapd, sess api.Session, readme string) {
+	t.Helper()
+	p = platform.New(t, map[string]string{"WARM_POOL_SIZE": "0", "LOCAL_STOP_ON_EXIT": "true", "SESSION_IDLE_TIMEOUT": idle})
+	p.Env["LAP_SANDBOX_GATEWAY_URL"] = p.LLM.URL() + "/llm"
+	// make build's launcher of the terminal harness with Claude Code.
+	launcher := filepath.Join(platform.RepoRoot(t), "bin", "lap-harness-claude-code")
+	if _, err := os.Stat(launcher); err != nil {
+		t.Fatalf("%s is not built (%v): run `make build` first", launcher, err)
+	}
+	// tmux's socket lives in the workspace, under the data dir, and a
+	// unix socket's path has ~100 bytes: the platform's is too long.
+	data, err := os.MkdirTemp("", "lt")
+	require.NoError(t, err)
+	require.NoError(t, os.Chmod(data, 0o711))
+	t.Cleanup(func() { _ = os.RemoveAll(data) })
+	p.Env["LAP_DATA_DIR"] = data
+	p.Env["PATH"] = filepath.Dir(launcher) + string(os.PathListSeparator) + p.Env["PATH"]
+	p.LLM.Respond(func(r fakellm.Request) fakellm.Reply {
+		isFix, step := ttyTurn(r)
+		switch {
+		case len(r.Tools) == 0 || !isFix:
+			return fakellm.Text("ok") // side requests: titles, summaries
+		case step == 0:
+			return fakellm.Reply{Text: "Let me read it.", ToolCalls: []fakellm.ToolCall{fakellm.ClaudeCodeTools.Read(readme)}}
+		case step == 1:
+			return fakellm.CallTools(fakellm.ClaudeCodeTools.Edit(readme, "hello world", "hello from the agent"))
+		default:
+			return fakellm.Reply{Text: ttyReply, Chunks: 1}
+		}
+	})
+	l = p.Start()
+	t.Cleanup(l.Stop)
+	l.CreateAgentWith(api.CreateAgentRequest{Name: "cc", HarnessID: "claude-code", Model: "anthropic/claude-sonnet-4-5",
+		Prompt: "You are a careful engineer.", RepoURL: platform.GitRepo(t, map[string]string{"README.md": "# demo\nhello world\n"})})
+	sess = l.ReadySession("cc")
+	require.NotEmpty(t, sess.TTYURL)
+	readme = filepath.Join(p.Workspace(sess.SandboxID), "repo", "README.md")
+	return p, l, sess, readme
+}
+
+// TestClaudeCodeThroughLapOnAPTY is the same through lap's terminal mode
+// on a pseudo-terminal: lap resume attaches to the session (whose
+// workspace the fake LLM's tool calls name; lap cc would open another),
+// the prompt typed, the reply drawn, Ctrl-] detaches with the resume
+// hint, lap resume re-attaches.
+func TestClaudeCodeThroughLapOnAPTY(t *testing.T) {
+	t.Parallel()
+	_, l, sess, readme := startClaudeCode(t, "15m")
+	env := clitest.Target{URL: l.URL, Key: platform.MasterKey}.Env(t.TempDir())
+	tm := clitest.StartTerm(t, platform.Lap(), env, "resume", sess.ID)
+	waitPTY(tm, "bypass permissions on")
+	tm.Send(ttyFixPrompt + " please")
+	waitPTY(tm, ttyFixPrompt+"please")
+	tm.Send("\r")
+	waitPTY(tm, ttyReply)
+	onDisk, err := os.ReadFile(readme)
+	require.NoError(t, err)
+	assert.Equal(t, "# demo\nhello from the agent\n", string(onDisk), "screen: %s", tail(plain(tm.Raw())))
+	tm.Send("\x1d") // Ctrl-]
+	require.Equal(t, 0, tm.Wait())
+	hint := regexp.MustCompile(`lap resume ([0-9a-f]{8})`).FindStringSubmatch(ttyEscapes.ReplaceAllString(tm.Raw(), ""))
+	require.NotNil(t, hint, "the resume hint")
+
+	tm2 := clitest.StartTerm(t, platform.Lap(), env, "resume", hint[1])
+	waitPTY(tm2, ttyReply)
+	tm2.Send("\x1d")
+	require.Equal(t, 0, tm2.Wait())
+}
+
+// waitPTY waits until the program's output shows want (escapes and
+// whitespace ignored).
+func waitPTY(tm *clitest.Term, want string) {
+	want = plain(want)
+	tm.WaitFor(want, func([]string) bool { return strings.Contains(plain(tm.Raw()), want) })
 }
 
 // ttyTurn finds whether the request answers the fix prompt and how far
