@@ -47,12 +47,18 @@ func (c *chatCmd) Run(ctx context.Context, a *app) error {
 	if err := ch.useAgent(ctx, ag); err != nil {
 		return err
 	}
+	if err := ch.terminalOnly(c.Message); err != nil {
+		return err
+	}
 	s, err := cl.CreateSession(ctx, ag.ID, api.CreateSessionRequest{Title: c.Title})
 	if err != nil {
 		return fmt.Errorf("open a session with %s: %w", ag.Name, err)
 	}
 	ch.session = s
 	fmt.Fprintf(ch.status, "%s session %s\n", ch.st.green("✓"), shortID(s.ID))
+	if ch.terminal {
+		return ch.attach(ctx, true)
+	}
 	return ch.run(ctx, c.Message, true)
 }
 
@@ -89,6 +95,13 @@ func (c *resumeCmd) Run(ctx context.Context, a *app) error {
 		return err
 	}
 	ch.session = s
+	if ch.terminal {
+		if err := ch.terminalOnly(c.Message); err != nil {
+			return err
+		}
+		fmt.Fprintf(ch.status, "%s session %s (resumed)\n", ch.st.green("✓"), shortID(s.ID))
+		return ch.attach(ctx, s.Status == api.SessionCreating)
+	}
 	msgs, err := cl.Messages(ctx, s.ID)
 	if err != nil {
 		return fmt.Errorf("read the conversation of session %s: %w", shortID(s.ID), err)
@@ -108,9 +121,12 @@ type chat struct {
 	session api.Session
 	script  bool // -m or stdin not a terminal: replies to stdout, the rest to stderr
 	rm      bool
-	status  io.Writer
-	st      style
-	md      *markdown
+	// terminal: the agent's harness is a terminal UI (terminal mode,
+	// attach.go) rather than a chat API.
+	terminal bool
+	status   io.Writer
+	st       style
+	md       *markdown
 }
 
 func newChat(a *app, cl *Client, script, rm bool) *chat {
@@ -139,8 +155,22 @@ func (ch *chat) useAgent(ctx context.Context, ag api.Agent) error {
 	switch {
 	case i < 0:
 		return withCode(ExitUsage, fmt.Errorf("agent %s uses harness %q, which this server does not know (lap harnesses lists them)", ag.Name, ag.HarnessID))
+	case !hs[i].Chat && hs[i].SupportsTUI:
+		ch.terminal = true
 	case !hs[i].Chat:
 		return withCode(ExitUsage, fmt.Errorf("agent %s uses harness %s, which has no chat API: it needs a terminal of its own, so lap cannot open chat mode with it", ag.Name, ag.HarnessID))
+	}
+	return nil
+}
+
+// terminalOnly refuses what terminal mode cannot do: a message sent
+// without a terminal (-m, or stdin not a terminal).
+func (ch *chat) terminalOnly(message string) error {
+	if !ch.terminal {
+		return nil
+	}
+	if message != "" || !ch.a.inTTY || !ch.a.outTTY {
+		return withCode(ExitUsage, fmt.Errorf("agent %s runs a terminal agent (%s): it takes no messages; attach to it from a terminal with lap %s", ch.agent.Name, ch.agent.HarnessID, ch.agent.Name))
 	}
 	return nil
 }

@@ -12,8 +12,9 @@ import (
 	"lap.dev/lap/control/api"
 )
 
-// lapBin is the lap binary built once for the tests that run it.
-var lapBin string
+// lapBin and ttyHarnessBin are the lap and lap-tty-harness binaries
+// built once for the tests that run them.
+var lapBin, ttyHarnessBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "lap-cli-test-")
@@ -22,6 +23,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	lapBin, err = clitest.BuildLap(dir)
+	if err == nil {
+		ttyHarnessBin, err = clitest.BuildTTYHarness(dir)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)

@@ -141,7 +141,6 @@ func TestAgentValidation(t *testing.T) {
 		{"name leading digit", "application/json", `{"name": "1agent", "model": "m"}`, 400, api.CodeBadRequest, "starting with a letter"},
 		{"model missing", "application/json", `{"name": "no-model"}`, 400, api.CodeBadRequest, "model is required"},
 		{"unknown harness", "application/json", `{"name": "h", "model": "m", "harness_id": "cursor"}`, 400, api.CodeBadRequest, "lap, claude-agent-sdk, opencode"},
-		{"terminal harness not served yet", "application/json", `{"name": "h", "model": "m", "harness_id": "claude-code"}`, 400, api.CodeBadRequest, "terminal harness"},
 		{"ftp repo", "application/json", `{"name": "r", "model": "m", "repo_url": "ftp://x/y"}`, 400, api.CodeBadRequest, "repo_url"},
 		{"ssh repo", "application/json", `{"name": "ssh-repo", "model": "m", "repo_url": "git@github.com:org/repo.git"}`, 201, "", ""},
 		{"file repo", "application/json", `{"name": "file-repo", "model": "m", "repo_url": "file:///srv/repo"}`, 201, "", ""},

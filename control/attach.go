@@ -135,13 +135,15 @@ func (o *orchestrator) openOn(ctx context.Context, sess store.Session, a store.A
 	if err := o.markPhase(ctx, sess.ID, phaseStarting); err != nil {
 		return target{}, sess, err
 	}
-	history, err := o.history(ctx, sess.ID, beforeSeq)
-	if err != nil {
-		return target{}, sess, err
-	}
-	hs, err := o.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{Title: sess.Title, History: history})
-	if err != nil {
-		return target{}, sess, err
+	var hs protocol.SessionInfo
+	if !isTUI(a) { // a terminal harness has no sessions: it is ready
+		history, err := o.history(ctx, sess.ID, beforeSeq)
+		if err != nil {
+			return target{}, sess, err
+		}
+		if hs, err = o.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{Title: sess.Title, History: history}); err != nil {
+			return target{}, sess, err
+		}
 	}
 	// The backend acted: record it even if ctx ended meanwhile.
 	prev, sess, err := o.mark(context.WithoutCancel(ctx), sess.ID, attached(sb.ID, hs.ID, a.Generation))

@@ -59,7 +59,7 @@ func (o *orchestrator) suspendIdle(ctx context.Context, now time.Time) {
 		_, busy := o.active[id]
 		busy = busy || o.inFlight[id] > 0
 		o.mu.Unlock()
-		if busy {
+		if busy || o.terms.attached(id) {
 			continue
 		}
 		n++

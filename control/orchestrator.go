@@ -58,6 +58,9 @@ type orchestrator struct {
 	turns       sync.WaitGroup // running turns
 	bg          sync.WaitGroup // background jobs (provisioning, cleanup)
 	bgClosed    bool           // stop is waiting for bg; start no more
+
+	// terms counts attached terminals per session (tty.go).
+	terms terminals
 }
 
 func newOrchestrator(ctx context.Context, opts Options, m *metrics) *orchestrator {

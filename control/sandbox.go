@@ -43,10 +43,12 @@ func (o *orchestrator) provisionSandbox(ctx context.Context, a store.Agent, role
 	}
 	state, harnessSession := store.SandboxClaimed, ""
 	if sessionID == "" {
+		state = store.SandboxWarm
+	}
+	if sessionID == "" && !isTUI(a) {
 		// A warm sandbox enters the pool with the harness session its
 		// claimer will use already open, so a warm claim costs no
-		// harness write.
-		state = store.SandboxWarm
+		// harness write. (A terminal harness has no sessions.)
 		var hs protocol.SessionInfo
 		if hs, err = o.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{}); err != nil {
 			o.markSandbox(keep, sb.ID, store.SandboxFailed, err.Error())

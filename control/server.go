@@ -80,6 +80,11 @@ type Server struct {
 	// cancelled when Shutdown gives up waiting.
 	baseCtx    context.Context
 	cancelBase context.CancelFunc
+	// ttyCtx ends the terminal relays (tty.go), which fasthttp no longer
+	// tracks once hijacked; Shutdown cancels it.
+	ttyCtx    context.Context
+	cancelTTY context.CancelFunc
+	relays    relaySet
 
 	// pingInterval spaces SSE keep-alives (tests shorten it).
 	pingInterval time.Duration
@@ -114,6 +119,7 @@ func New(opts Options) (*Server, error) {
 
 		pingInterval: pingInterval,
 	}
+	s.ttyCtx, s.cancelTTY = context.WithCancel(ctx)
 	m, err := newMetrics(reg, opts.Store)
 	if err != nil {
 		cancel()
@@ -198,6 +204,7 @@ func (s *Server) routes(reg *prometheus.Registry, groups []RouteGroup) {
 	v1.Get("/sessions/:id/log", s.sessionLog)
 	v1.Get("/sessions/:id/diagnose", s.diagnose)
 	v1.All("/sessions/:id/opencode/*", s.passThrough)
+	v1.Get("/sessions/:id/tty", s.serveTTY)
 
 	app.Use(func(c *fiber.Ctx) error {
 		return notFound("no route %s %s", c.Method(), c.Path())
@@ -208,6 +215,9 @@ func (s *Server) routes(reg *prometheus.Registry, groups []RouteGroup) {
 func (s *Server) authExcept(open []string) fiber.Handler {
 	return func(c *fiber.Ctx) error {
 		path := c.Path()
+		if isTTYRoute(path) {
+			return c.Next() // the master key or the session's tty_token
+		}
 		for _, p := range open {
 			if path == p || strings.HasPrefix(path, strings.TrimSuffix(p, "/")+"/") {
 				return c.Next()
@@ -272,10 +282,12 @@ func (s *Server) Start(ctx context.Context) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.o.draining.Store(true)
 	s.o.bus.close()
+	s.cancelTTY()
 	shut := make(chan error, 1)
 	go func() { shut <- s.app.ShutdownWithContext(ctx) }()
 
 	s.o.stop(ctx, s.cancelBase)
+	s.relays.closeAndWait(ctx)
 	err := <-shut
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		err = nil // connections still open were cut; that is the bound

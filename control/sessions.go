@@ -52,7 +52,7 @@ func (o *orchestrator) apiSession(ctx context.Context, sess store.Session, agent
 	case api.SessionIdle:
 		state = api.SandboxScaledToZero
 	}
-	return api.Session{
+	return o.withTTY(sess, api.Session{
 		SupportsTUI:      tui,
 		SandboxState:     state,
 		ID:               sess.ID,
@@ -69,7 +69,7 @@ func (o *orchestrator) apiSession(ctx context.Context, sess store.Session, agent
 		IdleTimeoutMS:    sess.IdleTimeoutMS,
 		MaxBudgetUSD:     sess.MaxBudgetUSD,
 		Usage:            api.Usage(sess.Usage),
-	}
+	})
 }
 
 // openSession creates a session for agent. A warm sandbox of the agent's
@@ -89,6 +89,9 @@ func (o *orchestrator) openSession(ctx context.Context, a store.Agent, req api.C
 		InitialPrompt: req.InitialPrompt,
 		IdleTimeoutMS: o.cfg.SessionIdleTimeout.Milliseconds(),
 		MaxBudgetUSD:  req.MaxBudgetUSD,
+	}
+	if isTUI(a) {
+		base.TTYToken = o.newTTYToken(base.ID)
 	}
 	sb, err := o.store.ClaimWarmSandbox(ctx, a.ID, a.Generation, base.ID)
 	o.pool.use(a.ID) // refill behind the claim (or after the miss)
@@ -123,11 +126,15 @@ func (o *orchestrator) startOnWarm(ctx context.Context, a store.Agent, base stor
 	bsb, err := backendRecord(sb)
 	if err == nil {
 		var hs protocol.SessionInfo
-		if sb.HarnessSessionID != "" {
+		switch {
+		case isTUI(a):
+			// A terminal harness has no sessions: it was ready when
+			// provisioned, and its tool is already running.
+		case sb.HarnessSessionID != "":
 			// Opened when the sandbox was provisioned: only make sure
 			// the harness still has it (a read, no write there).
 			hs, err = o.harness.getSession(ctx, targetOf(sb, bsb, sb.HarnessSessionID))
-		} else {
+		default:
 			hs, err = o.harness.createSession(ctx, targetOf(sb, bsb, ""), protocol.CreateSessionRequest{Title: base.Title})
 		}
 		if err == nil {
@@ -144,7 +151,7 @@ func (o *orchestrator) startOnWarm(ctx context.Context, a store.Agent, base stor
 // afterReady starts what waits for a session to become ready: its
 // initial prompt.
 func (o *orchestrator) afterReady(sess store.Session) {
-	if sess.InitialPrompt == "" {
+	if sess.InitialPrompt == "" || chatOnly(sess) != nil {
 		return
 	}
 	o.goBackground(func(ctx context.Context) {

@@ -77,6 +77,9 @@ func (o *orchestrator) beginTurn(ctx context.Context, sess store.Session, parts 
 	if err := acceptsTurn(sess); err != nil {
 		return nil, err
 	}
+	if err := chatOnly(sess); err != nil {
+		return nil, err
+	}
 	t := &turn{o: o, sessionID: sess.ID, parts: parts, model: model, started: time.Now(), aborted: make(chan struct{})}
 	release, err := o.reserve(ctx, sess.ID, t)
 	if err != nil {

@@ -104,27 +104,9 @@ func validateName(p *problems, name string) {
 }
 
 func validateHarness(p *problems, id string) {
-	h, ok := sandboxes.LookupHarness(id)
-	switch {
-	case !ok:
+	if _, ok := sandboxes.LookupHarness(id); !ok {
 		p.add("harness_id %q is not known; use one of: %s", id, strings.Join(sandboxes.HarnessIDs(), ", "))
-	case h.TUI:
-		// The terminal harnesses run (cmd/lap-tty-harness) but lapd does
-		// not relay their /tty yet: a session of such an agent could
-		// never take a turn, so it is refused rather than left to fail.
-		p.add("harness_id %q is a terminal harness, which lapd cannot serve yet (no /sessions/:id/tty relay); use one of the chat harnesses: %s", id, strings.Join(chatHarnessIDs(), ", "))
 	}
-}
-
-// chatHarnessIDs are the harnesses an agent can use today.
-func chatHarnessIDs() []string {
-	var ids []string
-	for _, h := range sandboxes.Harnesses() {
-		if h.Chat {
-			ids = append(ids, h.ID)
-		}
-	}
-	return ids
 }
 
 func validateModel(p *problems, model string) {

@@ -37,6 +37,9 @@ type Session struct {
 	CreatedAt     time.Time `json:"created_at"`
 	UpdatedAt     time.Time `json:"updated_at"`
 	LastActiveAt  time.Time `json:"last_active_at"`
+	// TTYToken is a terminal session's own token for GET …/tty, sealed
+	// (control/secrets, owned by the session id); nil for chat sessions.
+	TTYToken []byte `json:"tty_token,omitempty"`
 }
 
 // LogEntry is one line of a session's timeline.

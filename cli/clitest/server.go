@@ -58,6 +58,9 @@ type Server struct {
 
 	warm  bool
 	extra []api.Harness
+	// holds: provisionings are held for a watching client (the test
+	// backend's hook; not with Options.Backend).
+	holds bool
 	ctl   *control.Server
 	srv   *httptest.Server
 
@@ -88,6 +91,10 @@ type Options struct {
 	ExtraHarnesses []api.Harness
 	// Settings are extra lapd settings (e.g. SESSION_IDLE_TIMEOUT).
 	Settings map[string]string
+	// Backend, when set, runs the sandboxes instead of the test backend
+	// (e.g. TTYBackend); the test closes it. Provisionings are then not
+	// held for a watching client.
+	Backend sandboxes.Backend
 }
 
 // DefaultPhases are the phases a client watching a cold session sees
@@ -126,7 +133,13 @@ func NewServer(t testing.TB, opts Options) *Server {
 		t.Fatalf("secrets: %v", err)
 	}
 	s := &Server{Key: TestKey, Store: st, warm: opts.Warm, extra: opts.ExtraHarnesses}
-	backend := sandboxestest.New(sandboxestest.Options{BeforeProvision: s.beforeProvision})
+	var backend sandboxes.Backend = opts.Backend
+	if backend == nil {
+		own := sandboxestest.New(sandboxestest.Options{BeforeProvision: s.beforeProvision})
+		t.Cleanup(own.Close) // runs after the shutdown, registered later
+		backend = own
+		s.holds = true
+	}
 	s.ctl, err = control.New(control.Options{
 		Config: cfg, Store: st, Backend: backend, Secrets: box,
 		Tokens: sandboxtoken.NewSigner(box.DeriveKey(secrets.SandboxTokenLabel)),
@@ -162,7 +175,6 @@ func NewServer(t testing.TB, opts Options) *Server {
 		if err := st.Close(); err != nil {
 			t.Errorf("close store: %v", err)
 		}
-		backend.Close()
 	})
 	return s
 }
@@ -319,7 +331,7 @@ func (s *Server) recorder(next http.Handler) http.Handler {
 		}
 		authorized := r.Header.Get("Authorization") == "Bearer "+s.Key
 		switch {
-		case authorized && r.Method == http.MethodPost && strings.HasPrefix(path, "/agents/") && strings.HasSuffix(path, "/session"):
+		case authorized && s.holds && r.Method == http.MethodPost && strings.HasPrefix(path, "/agents/") && strings.HasSuffix(path, "/session"):
 			s.createSession(w, r, next)
 		case authorized && r.Method == http.MethodGet && path == "/harnesses" && len(s.extra) > 0:
 			s.listHarnesses(w, r, next)

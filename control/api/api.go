@@ -115,6 +115,11 @@ type Session struct {
 	// place that tells them apart in LAP's view (LAPPrefix), where an idle
 	// session reads "ready".
 	SandboxState string `json:"sandbox_state,omitempty"`
+	// TTYURL and TTYToken are set for sessions of terminal agents: the
+	// lapd path of the session's terminal WebSocket (relative to the
+	// server) and the token, good for that session only, that opens it.
+	TTYURL   string `json:"tty_url,omitempty"`
+	TTYToken string `json:"tty_token,omitempty"`
 }
 
 // CreateSessionRequest is the body of POST /agents/:id/session.
