@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"lap.dev/lap/control/api"
-	"lap.dev/lap/sandboxes"
 	"lap.dev/lap/sandboxes/protocol"
 	"lap.dev/lap/store"
 )
@@ -35,15 +34,16 @@ func (o *orchestrator) publishSession(ctx context.Context, sess store.Session) {
 	o.bus.publish(sess.ID, ev)
 }
 
-// apiSession renders a session; agentName is looked up when empty.
+// apiSession renders a session; agentName is looked up when empty. A
+// session is a terminal one exactly when it was made with a terminal
+// token (openSession, for an agent of a TUI harness), so supports_tui
+// needs no read of the agent: listings render a page without one read
+// per session.
 func (o *orchestrator) apiSession(ctx context.Context, sess store.Session, agentName string) api.Session {
-	tui := false
-	if a, err := o.store.GetAgent(ctx, sess.AgentID); err == nil {
-		if agentName == "" {
+	if agentName == "" {
+		if a, err := o.store.GetAgent(ctx, sess.AgentID); err == nil {
 			agentName = a.Name
 		}
-		h, _ := sandboxes.LookupHarness(a.HarnessID)
-		tui = h.TUI
 	}
 	state := ""
 	switch sess.Status {
@@ -53,7 +53,7 @@ func (o *orchestrator) apiSession(ctx context.Context, sess store.Session, agent
 		state = api.SandboxScaledToZero
 	}
 	return o.withTTY(sess, api.Session{
-		SupportsTUI:      tui,
+		SupportsTUI:      len(sess.TTYToken) > 0,
 		SandboxState:     state,
 		ID:               sess.ID,
 		AgentID:          sess.AgentID,
